@@ -1,0 +1,439 @@
+//! Fibers: spawn, join, park, yield, and the handle of the running fiber.
+//!
+//! The API mirrors `std::thread`: [`spawn`] returns a [`JoinHandle`] whose
+//! [`join`](JoinHandle::join) gives the fiber's value, or its panic as `Err`;
+//! [`park`] and [`Fiber::unpark`] follow `std::thread::park`'s token rule (an
+//! unpark that comes first makes the next park return at once).
+//!
+//! Called on a plain thread (not a fiber), the blocking functions here block
+//! that thread: [`park`] is `std::thread::park`, [`yield_now`] is
+//! `std::thread::yield_now`, [`JoinHandle::join`] waits on the thread.
+
+pub(crate) mod local;
+pub(crate) mod overflow;
+pub(crate) mod raw;
+
+use std::fmt;
+use std::io;
+use std::num::NonZeroU64;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::{Arc, Mutex, Once};
+use std::thread;
+use std::time::{Duration, Instant};
+
+pub use local::LocalKey;
+use raw::{FiberRef, RawFiber, Switch, Unparker};
+
+use crate::runtime::{context, schedule_new, Handle, Shared};
+
+/// A fiber's unique identifier (unique for the life of the process).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FiberId(NonZeroU64);
+
+impl FiberId {
+    /// The id as a number.
+    pub fn as_u64(self) -> u64 {
+        self.0.get()
+    }
+}
+
+impl fmt::Display for FiberId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A handle to a fiber: its id, its name, and a way to unpark it.
+///
+/// # Examples
+///
+/// ```
+/// let rt = weave::Runtime::builder().workers(2).build()?;
+/// rt.block_on(|| {
+///     let me = weave::current();
+///     let waker = weave::spawn(move || me.unpark());
+///     weave::park(); // returns once the other fiber unparked us
+///     waker.join().unwrap();
+/// });
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Fiber {
+    inner: FiberRef,
+}
+
+impl Fiber {
+    /// The fiber's id.
+    pub fn id(&self) -> FiberId {
+        FiberId(self.inner.id)
+    }
+
+    /// The fiber's name, if it was given one.
+    pub fn name(&self) -> Option<&str> {
+        self.inner.name.as_deref()
+    }
+
+    /// Makes the fiber's token available: if it is parked it resumes;
+    /// otherwise its next [`park`] returns at once. Callable from any thread
+    /// or fiber.
+    pub fn unpark(&self) {
+        self.inner.unpark();
+    }
+}
+
+impl fmt::Debug for Fiber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Fiber")
+            .field("id", &self.inner.id)
+            .field("name", &self.inner.name)
+            .finish()
+    }
+}
+
+/// The fiber the caller runs on.
+///
+/// # Panics
+///
+/// Panics when called outside a fiber; see [`try_current`].
+pub fn current() -> Fiber {
+    try_current().expect("weave::current() called outside a fiber (use weave::fiber::try_current)")
+}
+
+/// The fiber the caller runs on, or `None` on a plain thread.
+pub fn try_current() -> Option<Fiber> {
+    context::current_fiber().map(|inner| Fiber { inner })
+}
+
+/// Switches the running fiber out to its worker. Returns after the worker
+/// resumes it. Does nothing during runtime shutdown, when suspended stacks
+/// are being unwound and must not suspend again.
+fn switch_out(fiber: *const RawFiber, why: Switch) {
+    if context::with_worker(|w| w.is_some_and(|w| w.shutting_down.get())) {
+        return;
+    }
+    // SAFETY: `fiber` is the fiber running on this thread (the worker holds a
+    // reference while it runs), and its yielder was set when its body started;
+    // the yielder lives on the fiber's own stack, on which we run.
+    unsafe {
+        let yielder = &**(*fiber).yielder.get();
+        yielder.suspend(why);
+    }
+}
+
+fn running() -> *const RawFiber {
+    context::with_worker(|w| w.map_or(std::ptr::null(), |w| w.current.get()))
+}
+
+/// Blocks the caller until its token is available, then consumes it.
+///
+/// On a fiber, the fiber parks and its worker runs others; on a plain thread
+/// this is `std::thread::park`. Like `std::thread::park`, it may return
+/// spuriously: check the condition you wait for in a loop.
+pub fn park() {
+    let f = running();
+    if f.is_null() {
+        return thread::park();
+    }
+    // SAFETY: non-null `running()` is the live fiber running on this thread.
+    if unsafe { &*f }.try_consume_token() {
+        return;
+    }
+    switch_out(f, Switch::Park);
+}
+
+/// Like [`park`], but returns after `timeout` at the latest.
+pub fn park_timeout(timeout: Duration) {
+    let f = running();
+    if f.is_null() {
+        return thread::park_timeout(timeout);
+    }
+    // SAFETY: as in `park`.
+    let fiber = unsafe { &*f };
+    if fiber.try_consume_token() {
+        return;
+    }
+    let Some(deadline) = Instant::now().checked_add(timeout) else {
+        return switch_out(f, Switch::Park);
+    };
+    let key = context::with_worker(|w| {
+        let w = w.expect("a fiber runs on a worker");
+        // SAFETY: `f` is alive (see above); we take a new strong reference.
+        let me = unsafe {
+            Arc::increment_strong_count(f);
+            Arc::from_raw(f)
+        };
+        w.add_timer(deadline, me)
+    });
+    switch_out(f, Switch::Park);
+    context::with_worker(|w| {
+        if let Some(w) = w {
+            w.cancel_timer(key);
+        }
+    });
+}
+
+/// Parks the caller (fiber or thread) until `deadline`, or forever when
+/// `None`. Used by every blocking primitive; may return early.
+pub(crate) fn park_until(deadline: Option<Instant>) {
+    match deadline {
+        None => park(),
+        Some(d) => park_timeout(d.saturating_duration_since(Instant::now())),
+    }
+}
+
+/// Lets the worker run other ready fibers, then continues. On a plain thread
+/// this is `std::thread::yield_now`.
+pub fn yield_now() {
+    let f = running();
+    if f.is_null() {
+        return thread::yield_now();
+    }
+    switch_out(f, Switch::Yield);
+}
+
+/// Configures a fiber before spawning it.
+///
+/// # Examples
+///
+/// ```
+/// let rt = weave::Runtime::builder().workers(1).build()?;
+/// let h = rt.block_on(|| {
+///     weave::fiber::Builder::new()
+///         .name("worker-7")
+///         .stack_size(64 * 1024)
+///         .spawn(|| weave::current().name().map(str::to_owned))
+///         .unwrap()
+///         .join()
+///         .unwrap()
+/// });
+/// assert_eq!(h.as_deref(), Some("worker-7"));
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Debug, Default, Clone)]
+pub struct Builder {
+    name: Option<String>,
+    stack_size: Option<usize>,
+}
+
+impl Builder {
+    /// A builder with no name and the runtime's default stack size.
+    pub fn new() -> Builder {
+        Builder::default()
+    }
+
+    /// Names the fiber; the name shows in panic and overflow messages.
+    pub fn name(mut self, name: impl Into<String>) -> Builder {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Stack size in bytes (rounded up to pages; a guard page is added).
+    pub fn stack_size(mut self, bytes: usize) -> Builder {
+        self.stack_size = Some(bytes);
+        self
+    }
+
+    /// Spawns the fiber on the caller's runtime (or the default runtime when
+    /// called outside one).
+    ///
+    /// # Errors
+    ///
+    /// Fails if the stack size is below 4 KiB or its mapping would overflow
+    /// the address space. (The stack itself is mapped when the fiber first
+    /// runs; if that fails the fiber is logged and reported cancelled.)
+    pub fn spawn<F, T>(self, f: F) -> io::Result<JoinHandle<T>>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        self.spawn_on(&Handle::current().shared, f)
+    }
+
+    pub(crate) fn spawn_on<F, T>(self, shared: &Arc<Shared>, f: F) -> io::Result<JoinHandle<T>>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let stack_size = self.stack_size.unwrap_or(shared.config.stack_size);
+        if !(4096..=(1 << 40)).contains(&stack_size) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("fiber stack size {stack_size} is outside 4 KiB..1 TiB"),
+            ));
+        }
+        install_panic_hook();
+        let packet = Arc::new(Packet {
+            state: Mutex::new(PacketState {
+                result: None,
+                waiter: None,
+            }),
+        });
+        let completer = Completer {
+            packet: Some(packet.clone()),
+            shared: shared.clone(),
+        };
+        let body = Box::new(move || {
+            let mut completer = completer;
+            let result = panic::catch_unwind(AssertUnwindSafe(f));
+            local::clear_current();
+            completer.complete(result);
+        });
+        let fiber = RawFiber::new(shared.clone(), self.name, stack_size, body);
+        shared
+            .live_fibers
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        schedule_new(fiber.clone());
+        Ok(JoinHandle { fiber, packet })
+    }
+}
+
+/// Spawns a fiber running `f` and returns its [`JoinHandle`].
+///
+/// Called from a fiber, it spawns on that fiber's runtime; elsewhere on the
+/// default runtime, started on first use with one worker per core (set
+/// `WEAVE_WORKERS` to change that).
+///
+/// # Examples
+///
+/// ```
+/// let h = weave::spawn(|| 1 + 1);
+/// assert_eq!(h.join().unwrap(), 2);
+/// ```
+pub fn spawn<F, T>(f: F) -> JoinHandle<T>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    Builder::new()
+        .spawn(f)
+        .expect("spawning a fiber with default settings cannot fail")
+}
+
+struct PacketState<T> {
+    result: Option<thread::Result<T>>,
+    waiter: Option<Unparker>,
+}
+
+/// Where a fiber leaves its result for its [`JoinHandle`].
+struct Packet<T> {
+    state: Mutex<PacketState<T>>,
+}
+
+/// Owned by the fiber's body: completes the packet, or on drop (the body
+/// never ran, or was unwound at runtime shutdown) marks it cancelled.
+struct Completer<T> {
+    packet: Option<Arc<Packet<T>>>,
+    shared: Arc<Shared>,
+}
+
+/// The panic payload of a fiber dropped before it could finish, because its
+/// runtime shut down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cancelled;
+
+impl fmt::Display for Cancelled {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("fiber cancelled: its runtime shut down before it finished")
+    }
+}
+
+impl<T> Completer<T> {
+    fn complete(&mut self, result: thread::Result<T>) {
+        if let Some(packet) = self.packet.take() {
+            // Counted finished before the joiner can see the result.
+            self.shared
+                .live_fibers
+                .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            let waiter = {
+                let mut st = packet.state.lock().unwrap_or_else(|e| e.into_inner());
+                st.result = Some(result);
+                st.waiter.take()
+            };
+            if let Some(w) = waiter {
+                w.unpark();
+            }
+        }
+    }
+}
+
+impl<T> Drop for Completer<T> {
+    fn drop(&mut self) {
+        self.complete(Err(Box::new(Cancelled)));
+    }
+}
+
+/// An owned permission to join a fiber: wait for it and take its result.
+///
+/// Dropping the handle detaches the fiber; it keeps running.
+pub struct JoinHandle<T> {
+    fiber: FiberRef,
+    packet: Arc<Packet<T>>,
+}
+
+impl<T> fmt::Debug for JoinHandle<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JoinHandle")
+            .field("fiber", &self.fiber.id)
+            .finish()
+    }
+}
+
+impl<T> JoinHandle<T> {
+    /// Waits for the fiber to finish and returns its value, or `Err` with the
+    /// panic payload if it panicked ([`Cancelled`] if its runtime shut down
+    /// first). From a fiber this parks; from a thread it blocks the thread.
+    ///
+    /// # Errors
+    ///
+    /// The fiber's panic payload.
+    pub fn join(self) -> thread::Result<T> {
+        loop {
+            {
+                let mut st = self.packet.state.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(r) = st.result.take() {
+                    return r;
+                }
+                st.waiter = Some(Unparker::current());
+            }
+            park();
+        }
+    }
+
+    /// True once the fiber has finished (its result is ready).
+    pub fn is_finished(&self) -> bool {
+        self.packet
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .result
+            .is_some()
+    }
+
+    /// The fiber's handle.
+    pub fn fiber(&self) -> Fiber {
+        Fiber {
+            inner: self.fiber.clone(),
+        }
+    }
+}
+
+/// Adds the fiber's name and id to panic reports from fibers, then hands the
+/// report to the hook that was installed before.
+fn install_panic_hook() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let prev = panic::take_hook();
+        panic::set_hook(Box::new(move |info| {
+            let f = running();
+            // SAFETY: non-null is the fiber running on this thread.
+            if let Some(f) = unsafe { f.as_ref() } {
+                eprintln!(
+                    "weave: fiber '{}' (id {}) panicked:",
+                    f.display_name(),
+                    f.id
+                );
+            }
+            prev(info);
+        }));
+    });
+}

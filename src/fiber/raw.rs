@@ -1,0 +1,244 @@
+//! The fiber object shared between its handles, its queues and its stack.
+//!
+//! # State word
+//!
+//! `state` is one of four values. Every transition is a CAS, so a fiber sits
+//! in at most one run queue at any moment, which is what rules out a double
+//! resume:
+//!
+//! | state      | meaning                                                      |
+//! |------------|--------------------------------------------------------------|
+//! | `RUNNING`  | running now, or queued to run; no unpark token pending       |
+//! | `NOTIFIED` | as `RUNNING`, with an unpark token pending                   |
+//! | `PARKED`   | switched out and in no queue: only an unpark can requeue it |
+//! | `DONE`     | finished; unparks are ignored                                |
+//!
+//! Parking is two-phase. The fiber first tries to consume a token
+//! (`NOTIFIED -> RUNNING`); failing that it switches out, and only *after* the
+//! switch, on the scheduler's stack, the worker publishes `RUNNING -> PARKED`.
+//! Publishing after the switch means no other thread can requeue the fiber
+//! while its registers are still live. If an unpark slipped in between, the
+//! CAS fails on `NOTIFIED`, the worker consumes the token and requeues the
+//! fiber at once: the wakeup is never lost.
+//!
+//! `unpark` is the mirror image: `PARKED -> RUNNING` (and the unparker pushes
+//! the fiber to its owner's queue), or `RUNNING -> NOTIFIED` (the token waits
+//! for the next park).
+
+use std::any::Any;
+use std::cell::UnsafeCell;
+use std::collections::HashMap;
+use std::num::NonZeroU64;
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use corosensei::stack::DefaultStack;
+use corosensei::{Coroutine, Yielder};
+
+use crate::runtime::Shared;
+
+pub(crate) const RUNNING: u8 = 0;
+pub(crate) const NOTIFIED: u8 = 1;
+pub(crate) const PARKED: u8 = 2;
+pub(crate) const DONE: u8 = 3;
+
+/// Owner value of a fiber that has not run yet (any worker may steal it).
+pub(crate) const NO_OWNER: usize = usize::MAX;
+
+/// Why a fiber switched back to its worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Switch {
+    /// Requeue at the back of the local run queue.
+    Yield,
+    /// Park: publish `PARKED` unless a token arrived meanwhile.
+    Park,
+}
+
+pub(crate) type FiberCoroutine = Coroutine<(), Switch, (), DefaultStack>;
+pub(crate) type FiberYielder = Yielder<(), Switch>;
+
+/// What the fiber's body is at this point of its life.
+pub(crate) enum Body {
+    /// Not started: the closure, not yet given a stack.
+    New(Box<dyn FnOnce() + Send>),
+    /// Started: the coroutine (suspended, or running on its owner).
+    Running(FiberCoroutine),
+    /// Finished, or dropped at runtime shutdown.
+    Gone,
+}
+
+/// A fiber, shared by `Arc` between its [`Fiber`](crate::Fiber) handles, the
+/// queue it sits in, and the waiter lists it is registered on.
+pub(crate) struct RawFiber {
+    pub(crate) id: NonZeroU64,
+    pub(crate) name: Option<String>,
+    pub(crate) stack_size: usize,
+    pub(crate) state: AtomicU8,
+    /// Index of the worker that runs it; `NO_OWNER` until its first run.
+    pub(crate) owner: AtomicUsize,
+    pub(crate) shared: Arc<Shared>,
+    /// Touched only by the worker that currently runs or resumes the fiber
+    /// (see the `Send` contract below).
+    pub(crate) body: UnsafeCell<Body>,
+    /// The coroutine's yielder, set when the body starts. Read only by the
+    /// fiber itself, on its own stack.
+    pub(crate) yielder: UnsafeCell<*const FiberYielder>,
+    /// Fiber-local values, keyed by the address of their `LocalKey`. Touched
+    /// only by code running on the fiber.
+    pub(crate) locals: UnsafeCell<HashMap<usize, Box<dyn Any>>>,
+    /// Slot in the owner worker's table of started fibers.
+    pub(crate) slot: AtomicUsize,
+    /// Lowest and highest address of the stack's guard page, for the stack
+    /// overflow report. Set at first run.
+    pub(crate) guard: (AtomicUsize, AtomicUsize),
+}
+
+// SAFETY: this is the crate's single `unsafe impl Send`/`Sync` for fibers, and
+// the contract that makes it hold is the migration rule:
+//
+// 1. `body` is only touched by one thread at a time: the worker that popped the
+//    fiber from a run queue. The state machine above puts a fiber in at most
+//    one queue, and a fiber is only queued while it is not running.
+// 2. A fiber moves between threads only while its body is `Body::New`: a boxed
+//    `FnOnce + Send` closure, which is `Send`. Once the body is a coroutine
+//    (`Body::Running`), `owner` is fixed and every wakeup routes the fiber back
+//    to that owner's queue. So a suspended stack, which may hold `Rc`, a
+//    `RefCell` borrow or a thread-local address cached by the compiler, is only
+//    ever resumed on the thread it started on.
+// 3. `yielder` and `locals` are only touched by the fiber's own code, which by
+//    (2) always runs on the owner thread.
+// 4. All other fields are atomics or immutable after construction.
+unsafe impl Send for RawFiber {}
+// SAFETY: see the `Send` impl above; shared access (`&RawFiber`) from other
+// threads only reads immutable fields or uses the atomics.
+unsafe impl Sync for RawFiber {}
+
+pub(crate) type FiberRef = Arc<RawFiber>;
+
+impl RawFiber {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        name: Option<String>,
+        stack_size: usize,
+        body: Box<dyn FnOnce() + Send>,
+    ) -> FiberRef {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        Arc::new(RawFiber {
+            id: NonZeroU64::new(id).expect("fiber id counter overflowed"),
+            name,
+            stack_size,
+            state: AtomicU8::new(RUNNING),
+            owner: AtomicUsize::new(NO_OWNER),
+            shared,
+            body: UnsafeCell::new(Body::New(body)),
+            yielder: UnsafeCell::new(std::ptr::null()),
+            locals: UnsafeCell::new(HashMap::new()),
+            slot: AtomicUsize::new(usize::MAX),
+            guard: (AtomicUsize::new(0), AtomicUsize::new(0)),
+        })
+    }
+
+    /// Name for messages: the given name, or `fiber-<id>`.
+    pub(crate) fn display_name(&self) -> String {
+        match &self.name {
+            Some(n) => n.clone(),
+            None => format!("fiber-{}", self.id),
+        }
+    }
+
+    /// Consumes a pending token, if any. Called by the fiber before it
+    /// switches out to park.
+    pub(crate) fn try_consume_token(&self) -> bool {
+        self.state
+            .compare_exchange(NOTIFIED, RUNNING, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    /// Second phase of parking, run by the worker after the fiber switched
+    /// out. Returns `true` if the fiber is now parked, `false` if a token
+    /// arrived and the fiber must be requeued.
+    pub(crate) fn publish_parked(&self) -> bool {
+        match self
+            .state
+            .compare_exchange(RUNNING, PARKED, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => true,
+            Err(NOTIFIED) => {
+                self.state.store(RUNNING, Ordering::Release);
+                false
+            }
+            Err(s) => unreachable!("fiber parked in state {s}"),
+        }
+    }
+
+    /// Gives the fiber a token, requeueing it if it was parked.
+    pub(crate) fn unpark(self: &Arc<Self>) {
+        let mut s = self.state.load(Ordering::Acquire);
+        loop {
+            let next = match s {
+                RUNNING => NOTIFIED,
+                PARKED => RUNNING,
+                _ => return, // NOTIFIED: token already there; DONE: too late.
+            };
+            match self
+                .state
+                .compare_exchange_weak(s, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) if s == PARKED => {
+                    crate::runtime::schedule_started(self.clone());
+                    return;
+                }
+                Ok(_) => return,
+                Err(actual) => s = actual,
+            }
+        }
+    }
+
+    pub(crate) fn mark_done(&self) {
+        self.state.store(DONE, Ordering::Release);
+    }
+}
+
+/// Something that can be woken: a fiber, or a plain OS thread blocked in a
+/// weave primitive. Lets every blocking primitive serve both.
+#[derive(Clone)]
+pub(crate) enum Unparker {
+    Fiber(FiberRef),
+    Thread(std::thread::Thread),
+}
+
+impl Unparker {
+    /// The unparker of the caller: its fiber, or its thread.
+    pub(crate) fn current() -> Unparker {
+        match crate::runtime::context::current_fiber() {
+            Some(f) => Unparker::Fiber(f),
+            None => Unparker::Thread(std::thread::current()),
+        }
+    }
+
+    pub(crate) fn unpark(&self) {
+        match self {
+            Unparker::Fiber(f) => f.unpark(),
+            Unparker::Thread(t) => t.unpark(),
+        }
+    }
+
+    /// True if both wake the same fiber or thread.
+    pub(crate) fn same(&self, other: &Unparker) -> bool {
+        match (self, other) {
+            (Unparker::Fiber(a), Unparker::Fiber(b)) => Arc::ptr_eq(a, b),
+            (Unparker::Thread(a), Unparker::Thread(b)) => a.id() == b.id(),
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Debug for Unparker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unparker::Fiber(r) => write!(f, "Unparker::Fiber({})", r.id),
+            Unparker::Thread(t) => write!(f, "Unparker::Thread({:?})", t.id()),
+        }
+    }
+}

@@ -1,0 +1,337 @@
+//! Internal I/O machinery (readiness, registration).
+//! The reactor: how a fiber waits for a socket without blocking its worker.
+//!
+//! Sockets are always non-blocking. Every blocking-style operation goes
+//! through one loop, [`IoSource::do_io`]: try the system call; on
+//! `WouldBlock`, wait for readiness; try again.
+//!
+//! # Readiness without lost events
+//!
+//! mio is edge-triggered: the kernel reports a socket once when it becomes
+//! ready, not while it stays ready. So each registration keeps a readiness
+//! word ([`ScheduledIo`]): the poller sets bits when an event arrives, and a
+//! fiber clears its bit only after the operation returned `WouldBlock`. The
+//! word carries a tick, bumped by every event. A fiber reads the word *before*
+//! its system call and clears the bit with a CAS against that snapshot, so an
+//! event that lands between the `WouldBlock` and the clear changes the tick,
+//! the CAS fails, and the fiber retries instead of sleeping through it.
+//!
+//! Waiting is a check under the registration's lock: if the bit is still
+//! clear, the fiber adds itself to the waiter list and parks. The poller sets
+//! the bit *before* taking the same lock to wake the list. Either the poller
+//! sees the waiter, or the waiter sees the bit.
+//!
+//! Readers and writers wait on separate lists, so one fiber can read a socket
+//! while another writes it.
+//!
+//! # Registration
+//!
+//! A socket is registered lazily, on its first `WouldBlock` on a fiber, with
+//! the poller of the worker that fiber runs on. Started fibers never move, so
+//! a connection's events arrive on the thread that handles it. The token is
+//! the address of the `ScheduledIo`, kept alive by a reference owned by the
+//! registration. When the socket drops, it is deregistered and that reference
+//! is released by the poller's worker *between* two event batches, so an
+//! event already fetched for it can never touch freed memory.
+//!
+//! # Outside a runtime
+//!
+//! On a plain thread there is no worker to park on: `do_io` waits with
+//! `poll(2)` on the socket instead, so the net types block the calling thread
+//! exactly like `std::net`.
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use once_cell::sync::OnceCell;
+
+use crate::fiber::raw::FiberRef;
+use crate::runtime::{context, Shared};
+
+/// Read readiness (also set on hang-up and error).
+const READ: usize = 0b01;
+/// Write readiness (also set on hang-up and error).
+const WRITE: usize = 0b10;
+const TICK_SHIFT: u32 = 2;
+
+/// The direction an operation waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Direction {
+    Read,
+    Write,
+}
+
+impl Direction {
+    fn bit(self) -> usize {
+        match self {
+            Direction::Read => READ,
+            Direction::Write => WRITE,
+        }
+    }
+
+    fn poll_events(self) -> libc::c_short {
+        match self {
+            Direction::Read => libc::POLLIN,
+            Direction::Write => libc::POLLOUT,
+        }
+    }
+}
+
+/// Waiting fibers of one direction. Almost always zero or one.
+#[derive(Default)]
+struct WaitList {
+    first: Option<FiberRef>,
+    rest: Vec<FiberRef>,
+}
+
+impl WaitList {
+    fn add(&mut self, f: &FiberRef) {
+        let present = |w: &FiberRef| Arc::ptr_eq(w, f);
+        if self.first.as_ref().is_some_and(present) || self.rest.iter().any(present) {
+            return;
+        }
+        if self.first.is_none() {
+            self.first = Some(f.clone());
+        } else {
+            self.rest.push(f.clone());
+        }
+    }
+
+    fn remove(&mut self, f: &FiberRef) {
+        if self.first.as_ref().is_some_and(|w| Arc::ptr_eq(w, f)) {
+            self.first = self.rest.pop();
+        } else {
+            self.rest.retain(|w| !Arc::ptr_eq(w, f));
+        }
+    }
+
+    fn wake_all(&mut self) {
+        if let Some(f) = self.first.take() {
+            f.unpark();
+        }
+        for f in self.rest.drain(..) {
+            f.unpark();
+        }
+    }
+}
+
+#[derive(Default)]
+struct Waiters {
+    readers: WaitList,
+    writers: WaitList,
+}
+
+/// Readiness and waiters of one registered socket.
+#[derive(Default)]
+pub(crate) struct ScheduledIo {
+    /// Ready bits (`READ`, `WRITE`) in the low bits, event tick above.
+    readiness: AtomicUsize,
+    waiters: Mutex<Waiters>,
+}
+
+impl ScheduledIo {
+    /// Called by the poller's worker for each event.
+    pub(crate) fn dispatch(&self, event: &mio::event::Event) {
+        let mut ready = 0;
+        if event.is_readable() || event.is_read_closed() || event.is_error() {
+            ready |= READ;
+        }
+        if event.is_writable() || event.is_write_closed() || event.is_error() {
+            ready |= WRITE;
+        }
+        if ready == 0 {
+            return;
+        }
+        let _ = self
+            .readiness
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                let tick = (v >> TICK_SHIFT).wrapping_add(1);
+                Some((tick << TICK_SHIFT) | (v & (READ | WRITE)) | ready)
+            });
+        let mut w = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        if ready & READ != 0 {
+            w.readers.wake_all();
+        }
+        if ready & WRITE != 0 {
+            w.writers.wake_all();
+        }
+    }
+
+    /// Clears `dir`'s bit if no event arrived since `snapshot` was read.
+    fn clear(&self, dir: Direction, snapshot: usize) {
+        let _ = self.readiness.compare_exchange(
+            snapshot,
+            snapshot & !dir.bit(),
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        );
+    }
+
+    fn is_ready(&self, dir: Direction) -> bool {
+        self.readiness.load(Ordering::Acquire) & dir.bit() != 0
+    }
+
+    /// Adds `fiber` to `dir`'s waiters unless the bit is already set.
+    /// Returns whether the caller should park.
+    fn add_waiter(&self, dir: Direction, fiber: &FiberRef) -> bool {
+        let mut w = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        if self.is_ready(dir) {
+            return false;
+        }
+        match dir {
+            Direction::Read => w.readers.add(fiber),
+            Direction::Write => w.writers.add(fiber),
+        }
+        true
+    }
+
+    fn remove_waiter(&self, dir: Direction, fiber: &FiberRef) {
+        let mut w = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        match dir {
+            Direction::Read => w.readers.remove(fiber),
+            Direction::Write => w.writers.remove(fiber),
+        }
+    }
+}
+
+/// A socket's registration with one worker's poller.
+struct Registration {
+    io: Arc<ScheduledIo>,
+    shared: Arc<Shared>,
+    worker: usize,
+}
+
+/// A non-blocking OS socket plus its (lazy) registration: the base of every
+/// net type.
+pub(crate) struct IoSource<S: mio::event::Source + AsRawFd> {
+    source: S,
+    reg: OnceCell<Registration>,
+}
+
+impl<S: mio::event::Source + AsRawFd> IoSource<S> {
+    pub(crate) fn new(source: S) -> IoSource<S> {
+        IoSource {
+            source,
+            reg: OnceCell::new(),
+        }
+    }
+
+    pub(crate) fn get_ref(&self) -> &S {
+        &self.source
+    }
+
+    pub(crate) fn raw_fd(&self) -> RawFd {
+        self.source.as_raw_fd()
+    }
+
+    /// Runs `op` until it does not return `WouldBlock`, waiting for
+    /// readiness in `dir` between tries, until `deadline` (then `TimedOut`).
+    pub(crate) fn do_io<R>(
+        &self,
+        dir: Direction,
+        deadline: Option<Instant>,
+        mut op: impl FnMut(&S) -> io::Result<R>,
+    ) -> io::Result<R> {
+        loop {
+            let reg = self.reg.get();
+            let snapshot = reg.map_or(0, |r| r.io.readiness.load(Ordering::Acquire));
+            // A registered socket whose bit is clear would only say
+            // `WouldBlock`: skip the system call and wait right away.
+            if reg.is_none() || snapshot & dir.bit() != 0 {
+                match op(&self.source) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        if let Some(r) = reg {
+                            r.io.clear(dir, snapshot);
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    res => return res,
+                }
+            }
+            self.wait(dir, deadline)?;
+        }
+    }
+
+    /// Waits once for readiness in `dir` (or a spurious wakeup).
+    fn wait(&self, dir: Direction, deadline: Option<Instant>) -> io::Result<()> {
+        if let Some(d) = deadline {
+            if Instant::now() >= d {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "operation timed out"));
+            }
+        }
+        let Some(fiber) = context::current_fiber() else {
+            // A plain thread: block it in poll(2).
+            let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            crate::sys::poll_fd(self.raw_fd(), dir.poll_events(), timeout)?;
+            return Ok(());
+        };
+        if context::with_worker(|w| w.is_some_and(|w| w.shutting_down.get())) {
+            return Err(io::Error::other("weave runtime is shutting down"));
+        }
+        let reg = self.registration()?;
+        if reg.io.add_waiter(dir, &fiber) {
+            crate::fiber::park_until(deadline);
+            if deadline.is_some_and(|d| Instant::now() >= d) && !reg.io.is_ready(dir) {
+                reg.io.remove_waiter(dir, &fiber);
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "operation timed out"));
+            }
+        }
+        Ok(())
+    }
+
+    fn registration(&self) -> io::Result<&Registration> {
+        self.reg.get_or_try_init(|| {
+            context::with_worker(|w| {
+                let w = w.ok_or_else(|| io::Error::other("not on a weave worker"))?;
+                let io = Arc::new(ScheduledIo::default());
+                // mio needs `&mut S` to register; registration happens once,
+                // guarded by the OnceCell, and only reads the fd.
+                let mut fd = mio::unix::SourceFd(&self.raw_fd());
+                w.register(&mut fd, &io)?;
+                Ok(Registration {
+                    io,
+                    shared: w.shared.clone(),
+                    worker: w.index,
+                })
+            })
+        })
+    }
+}
+
+impl<S: mio::event::Source + AsRawFd> Drop for IoSource<S> {
+    fn drop(&mut self) {
+        let Some(reg) = self.reg.take() else {
+            return;
+        };
+        let remote = &reg.shared.remotes[reg.worker];
+        let mut fd = mio::unix::SourceFd(&self.source.as_raw_fd());
+        if let Err(e) = remote.registry.deregister(&mut fd) {
+            log::debug!("weave: deregistering fd {}: {e}", self.source.as_raw_fd());
+        }
+        // The poller's own reference (the token) is released between event
+        // batches, on the poller's thread.
+        let token = Arc::as_ptr(&reg.io);
+        // SAFETY: `register` leaked exactly one strong reference as the token;
+        // we take it back exactly once, here, after deregistering.
+        let token_ref = unsafe { Arc::from_raw(token) };
+        let handed = context::with_worker(|w| match w {
+            Some(w) if w.index == reg.worker && Arc::ptr_eq(&w.shared, &reg.shared) => {
+                w.release_local(token_ref.clone());
+                true
+            }
+            _ => false,
+        });
+        if handed {
+            drop(token_ref);
+        } else {
+            remote
+                .released
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(token_ref);
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! # weave
+//!
+//! A server framework on stackful fibers: handlers are plain functions written
+//! as straight-line, blocking-style code over `std::io::Read`/`Write`, and a
+//! multi-threaded event loop runs them. When a call would block, the fiber
+//! parks and its worker thread runs other fibers; when the socket (or timer,
+//! or channel) is ready, the fiber resumes where it stopped.
+//!
+//! ```no_run
+//! use std::io::{self, Read, Write};
+//! use weave::net::{TcpListener, TcpStream};
+//!
+//! fn echo(mut conn: TcpStream) -> io::Result<()> {
+//!     let mut buf = [0u8; 4096];
+//!     loop {
+//!         let n = conn.read(&mut buf)?;
+//!         if n == 0 {
+//!             return Ok(());
+//!         }
+//!         conn.write_all(&buf[..n])?;
+//!     }
+//! }
+//!
+//! fn main() -> io::Result<()> {
+//!     let rt = weave::Runtime::new()?;
+//!     rt.block_on(|| {
+//!         let listener = TcpListener::bind("127.0.0.1:7000")?;
+//!         loop {
+//!             let (conn, _peer) = listener.accept()?;
+//!             weave::spawn(move || echo(conn));
+//!         }
+//!     })
+//! }
+//! ```
+//!
+//! ## The pieces
+//!
+//! - [`spawn`], [`JoinHandle`], [`park`], [`yield_now`], [`sleep`],
+//!   [`current`]: fibers, shaped like `std::thread`.
+//! - [`Runtime`]: worker threads, each with its own epoll instance, run queue,
+//!   timers and stack pool; new fibers spread across workers by work
+//!   stealing.
+//! - [`net`]: `TcpListener`, `TcpStream`, `UdpSocket`, `UnixListener`,
+//!   `UnixStream`, shaped like `std::net`.
+//! - [`fiber_local!`]: per-fiber storage.
+//!
+//! ## Rules worth knowing
+//!
+//! **A started fiber never changes thread.** New fibers may be stolen by an
+//! idle worker before they first run; after that they stay on their worker
+//! (see [`runtime`](crate::runtime) for why). So `Rc`, `RefCell` borrows and
+//! `thread_local!` values held across a park are sound.
+//!
+//! **`thread_local!` is per thread, not per fiber.** Many fibers share a
+//! worker thread, so a `thread_local!` value is shared by all of them; it is
+//! safe to use across a park (see above) but it is not private to the fiber.
+//! Use [`fiber_local!`] for per-fiber state.
+//!
+//! **Don't block the worker.** A fiber that computes for long, or calls a
+//! truly blocking function (file I/O, `std::thread::sleep`, a `std` mutex held
+//! for long), delays every fiber on its worker. Call [`yield_now`] in long
+//! loops. A fiber that runs for more than 100 ms without parking is logged.
+//!
+//! **Stacks are fixed-size.** A fiber gets 256 KiB of address space by default
+//! (pages are committed only when touched) with a guard page below. Overflow
+//! prints the fiber's name and stack size and aborts the process; it never
+//! corrupts memory. Raise it with [`fiber::Builder::stack_size`] or
+//! [`runtime::Builder::stack_size`].
+//!
+//! **Outside a runtime**, the blocking calls block the calling thread:
+//! [`park`] is `std::thread::park`, [`sleep`] is `std::thread::sleep`, socket
+//! operations wait in `poll(2)`. [`spawn`] called outside any runtime starts a
+//! default runtime (one worker per core, or `WEAVE_WORKERS`).
+
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+pub(crate) mod sys;
+
+pub mod fiber;
+pub(crate) mod io;
+pub mod net;
+pub mod runtime;
+pub mod time;
+
+pub use fiber::{current, park, park_timeout, spawn, yield_now, Fiber, FiberId, JoinHandle};
+pub use runtime::{Handle, Runtime};
+pub use time::{sleep, sleep_until};

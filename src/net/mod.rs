@@ -1,0 +1,1 @@
+//! Networking types shaped like `std::net`.

@@ -1,0 +1,493 @@
+//! One worker thread: its queues, poller, timers and stack pool, and the loop
+//! that ties them together.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use corosensei::stack::DefaultStack;
+use corosensei::{Coroutine, CoroutineResult};
+use crossbeam_deque::{Injector, Steal, Stealer};
+use mio::{Events, Poll, Token};
+
+use super::{context, Remote, Shared};
+use crate::fiber::overflow;
+use crate::fiber::raw::{Body, FiberCoroutine, FiberRef, RawFiber, Switch};
+use crate::io::ScheduledIo;
+use crate::time::{TimerKey, Timers};
+
+/// Token of each worker's `mio::Waker`. I/O tokens are addresses of
+/// `ScheduledIo`s, which are never `usize::MAX`.
+pub(crate) const WAKER_TOKEN: Token = Token(usize::MAX);
+
+/// Scheduling ticks between two fairness checks (I/O, timers, injector).
+const FAIRNESS_INTERVAL: u32 = 61;
+
+pub(crate) struct Worker {
+    pub(crate) index: usize,
+    pub(crate) shared: Arc<Shared>,
+    /// Not-yet-started fibers; other workers steal from its `Stealer`.
+    local: crossbeam_deque::Worker<FiberRef>,
+    /// Started fibers ready to run; only this worker touches it.
+    ready: RefCell<VecDeque<FiberRef>>,
+    /// The fiber running now. Valid while set: `run_fiber` holds a reference.
+    pub(crate) current: Cell<*const RawFiber>,
+    timers: RefCell<Timers<FiberRef>>,
+    poll: RefCell<Poll>,
+    events: RefCell<Events>,
+    stacks: RefCell<Vec<DefaultStack>>,
+    /// Every started, unfinished fiber of this worker, so shutdown can unwind
+    /// the parked ones.
+    fibers: RefCell<Slab>,
+    /// I/O registrations dropped on this thread, freed after the event batch.
+    released: RefCell<Vec<Arc<ScheduledIo>>>,
+    pub(crate) shutting_down: Cell<bool>,
+    rng: Cell<u32>,
+}
+
+/// Entry point of a worker thread.
+pub(crate) fn run(
+    index: usize,
+    shared: Arc<Shared>,
+    poll: Poll,
+    local: crossbeam_deque::Worker<FiberRef>,
+) {
+    let worker = Worker {
+        index,
+        shared,
+        local,
+        ready: RefCell::new(VecDeque::with_capacity(256)),
+        current: Cell::new(std::ptr::null()),
+        timers: RefCell::new(Timers::new()),
+        poll: RefCell::new(poll),
+        events: RefCell::new(Events::with_capacity(1024)),
+        stacks: RefCell::new(Vec::new()),
+        fibers: RefCell::new(Slab::default()),
+        released: RefCell::new(Vec::new()),
+        shutting_down: Cell::new(false),
+        rng: Cell::new(index as u32 * 0x9E37_79B9 + 1),
+    };
+    let _altstack = overflow::AltStack::ensure();
+    let _enter = context::enter(&worker);
+    worker.main_loop();
+    worker.shutdown();
+}
+
+impl Worker {
+    fn remote(&self) -> &Remote {
+        &self.shared.remotes[self.index]
+    }
+
+    pub(crate) fn push_new(&self, fiber: FiberRef) {
+        self.local.push(fiber);
+    }
+
+    pub(crate) fn push_ready(&self, fiber: FiberRef) {
+        self.ready.borrow_mut().push_back(fiber);
+    }
+
+    fn main_loop(&self) {
+        let mut tick: u32 = 0;
+        while !self.shared.shutdown.load(Ordering::Acquire) {
+            tick = tick.wrapping_add(1);
+            let fiber = if tick % FAIRNESS_INTERVAL == 0 {
+                self.poll_io(Some(Duration::ZERO));
+                self.fire_timers();
+                steal_one(&self.shared.injector).or_else(|| self.next_fiber())
+            } else {
+                self.next_fiber()
+            };
+            match fiber {
+                Some(f) => self.run_fiber(f),
+                None => self.sleep(),
+            }
+        }
+    }
+
+    /// The next fiber to run: started ones first (their wakeups are the
+    /// latency that matters), then new ones from our queue, the injector, and
+    /// other workers.
+    fn next_fiber(&self) -> Option<FiberRef> {
+        if let Some(f) = self.ready.borrow_mut().pop_front() {
+            return Some(f);
+        }
+        if let Some(f) = steal_one(&self.remote().inbox) {
+            let mut ready = self.ready.borrow_mut();
+            while let Some(g) = steal_one(&self.remote().inbox) {
+                ready.push_back(g);
+            }
+            return Some(f);
+        }
+        if let Some(f) = self.local.pop() {
+            return Some(f);
+        }
+        self.steal_new()
+    }
+
+    fn steal_new(&self) -> Option<FiberRef> {
+        loop {
+            match self.shared.injector.steal_batch_and_pop(&self.local) {
+                Steal::Success(f) => return Some(f),
+                Steal::Empty => break,
+                Steal::Retry => continue,
+            }
+        }
+        let n = self.shared.remotes.len();
+        let start = self.next_rand() as usize % n;
+        for i in 0..n {
+            let j = (start + i) % n;
+            if j == self.index {
+                continue;
+            }
+            if let Some(f) = steal_batch(&self.shared.remotes[j].stealer, &self.local) {
+                return Some(f);
+            }
+        }
+        None
+    }
+
+    fn next_rand(&self) -> u32 {
+        // xorshift32: only spreads the starting victim of steals.
+        let mut x = self.rng.get();
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        self.rng.set(x);
+        x
+    }
+
+    fn has_visible_work(&self) -> bool {
+        !self.ready.borrow().is_empty()
+            || !self.local.is_empty()
+            || !self.remote().inbox.is_empty()
+            || !self.shared.injector.is_empty()
+            || self.shared.remotes.iter().any(|r| !r.stealer.is_empty())
+            || self.shared.shutdown.load(Ordering::SeqCst)
+    }
+
+    /// Nothing to run: sleep in the poller until I/O, a timer, or a wakeup.
+    fn sleep(&self) {
+        let timeout = self
+            .timers
+            .borrow_mut()
+            .next_deadline()
+            .map(|d| d.saturating_duration_since(Instant::now()));
+        let remote = self.remote();
+        remote.sleeping.store(true, Ordering::SeqCst);
+        self.shared.num_sleeping.fetch_add(1, Ordering::SeqCst);
+        // Re-check after announcing sleep: whoever queued work before seeing
+        // our flag made it visible by now (both sides use SeqCst).
+        let timeout = if self.has_visible_work() {
+            Some(Duration::ZERO)
+        } else {
+            timeout
+        };
+        self.poll_io(timeout);
+        remote.sleeping.store(false, Ordering::SeqCst);
+        self.shared.num_sleeping.fetch_sub(1, Ordering::SeqCst);
+        self.fire_timers();
+    }
+
+    fn poll_io(&self, timeout: Option<Duration>) {
+        let mut events = self.events.borrow_mut();
+        if let Err(e) = self.poll.borrow_mut().poll(&mut events, timeout) {
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                log::error!("weave: epoll_wait failed: {e}");
+            }
+        }
+        for event in events.iter() {
+            if event.token() == WAKER_TOKEN {
+                continue;
+            }
+            // SAFETY: every token but the waker's is the address of a
+            // `ScheduledIo` whose registration reference is alive: it is only
+            // released through `release_io`, which runs after this loop
+            // (registrations dropped on other threads are queued in
+            // `Remote::released` and also freed only below).
+            let io = unsafe { &*(event.token().0 as *const ScheduledIo) };
+            io.dispatch(event);
+        }
+        drop(events);
+        self.release_io();
+    }
+
+    fn release_io(&self) {
+        self.released.borrow_mut().clear();
+        let mut remote = self
+            .remote()
+            .released
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        remote.clear();
+    }
+
+    fn fire_timers(&self) {
+        let now = Instant::now();
+        loop {
+            let due = self.timers.borrow_mut().pop_expired(now);
+            match due {
+                Some(f) => f.unpark(),
+                None => break,
+            }
+        }
+    }
+
+    /// Arms a timer that unparks `fiber` at `deadline`.
+    pub(crate) fn add_timer(&self, deadline: Instant, fiber: FiberRef) -> TimerKey {
+        self.timers.borrow_mut().insert(deadline, fiber)
+    }
+
+    pub(crate) fn cancel_timer(&self, key: TimerKey) {
+        let f = self.timers.borrow_mut().cancel(key);
+        drop(f);
+    }
+
+    /// Registers an I/O source with this worker's poller.
+    pub(crate) fn register(
+        &self,
+        source: &mut impl mio::event::Source,
+        io: &Arc<ScheduledIo>,
+    ) -> std::io::Result<()> {
+        let token = Arc::into_raw(io.clone()) as usize;
+        let res = self.poll.borrow().registry().register(
+            source,
+            Token(token),
+            mio::Interest::READABLE | mio::Interest::WRITABLE,
+        );
+        if res.is_err() {
+            // SAFETY: `token` came from `Arc::into_raw` just above and was not
+            // handed to the poller.
+            drop(unsafe { Arc::from_raw(token as *const ScheduledIo) });
+        }
+        res
+    }
+
+    /// Queues the poller's reference of a deregistered source for release.
+    pub(crate) fn release_local(&self, io: Arc<ScheduledIo>) {
+        self.released.borrow_mut().push(io);
+    }
+
+    /// Runs (starts or resumes) `fiber` until it switches back.
+    fn run_fiber(&self, fiber: FiberRef) {
+        // SAFETY: we popped `fiber` from a queue, so by the state machine in
+        // `fiber::raw` no other thread touches its body until we requeue it or
+        // it parks, both of which happen after this borrow ends.
+        let body = unsafe { &mut *fiber.body.get() };
+        if let Body::New(_) = body {
+            if !self.start(&fiber, body) {
+                return;
+            }
+        }
+        let Body::Running(co) = body else {
+            return;
+        };
+        self.current.set(Arc::as_ptr(&fiber));
+        overflow::set_current(&fiber);
+        let started = crate::sys::coarse_now();
+        let result = co.resume(());
+        let ran = crate::sys::coarse_now().saturating_sub(started);
+        overflow::set_current_null();
+        self.current.set(std::ptr::null());
+        if ran >= self.shared.config.hog_threshold {
+            log::warn!(
+                "weave: fiber '{}' ran for {} ms without parking; it delays every fiber on worker {}",
+                fiber.display_name(),
+                ran.as_millis(),
+                self.index
+            );
+        }
+        match result {
+            CoroutineResult::Yield(Switch::Yield) => self.push_ready(fiber),
+            CoroutineResult::Yield(Switch::Park) => {
+                if !fiber.publish_parked() {
+                    self.push_ready(fiber);
+                }
+            }
+            CoroutineResult::Return(()) => self.finish(fiber),
+        }
+    }
+
+    /// First run: pin the fiber here and give it a stack.
+    fn start(&self, fiber: &FiberRef, body: &mut Body) -> bool {
+        let Body::New(func) = std::mem::replace(body, Body::Gone) else {
+            unreachable!()
+        };
+        let stack = match self.take_stack(fiber.stack_size) {
+            Ok(s) => s,
+            Err(e) => {
+                log::error!(
+                    "weave: cannot allocate a {} byte stack for fiber '{}': {e}",
+                    fiber.stack_size,
+                    fiber.display_name()
+                );
+                drop(func); // Its join handle reports the fiber as cancelled.
+                self.retire(fiber);
+                return false;
+            }
+        };
+        fiber.owner.store(self.index, Ordering::Release);
+        let slot = self.fibers.borrow_mut().insert(fiber.clone());
+        fiber.slot.store(slot, Ordering::Relaxed);
+        let guard_hi = corosensei::stack::Stack::limit(&stack).get();
+        let page = page_size();
+        fiber.guard.0.store(guard_hi - page, Ordering::Relaxed);
+        fiber.guard.1.store(guard_hi, Ordering::Relaxed);
+        let me: *const RawFiber = Arc::as_ptr(fiber);
+        let me = me as usize;
+        let co: FiberCoroutine = Coroutine::with_stack(stack, move |yielder, ()| {
+            let me = me as *const RawFiber;
+            // SAFETY: the fiber is alive (the worker's table holds it until
+            // the coroutine finishes) and only its own code reads `yielder`.
+            unsafe { *(*me).yielder.get() = yielder as *const _ };
+            func();
+        });
+        *body = Body::Running(co);
+        true
+    }
+
+    fn take_stack(&self, size: usize) -> std::io::Result<DefaultStack> {
+        if size == self.shared.config.stack_size {
+            if let Some(s) = self.stacks.borrow_mut().pop() {
+                return Ok(s);
+            }
+        }
+        DefaultStack::new(size)
+    }
+
+    fn finish(&self, fiber: FiberRef) {
+        // SAFETY: the coroutine just returned on this thread; nothing else
+        // touches the body of a finished fiber.
+        let body = unsafe { &mut *fiber.body.get() };
+        if let Body::Running(co) = std::mem::replace(body, Body::Gone) {
+            let stack = co.into_stack();
+            let mut stacks = self.stacks.borrow_mut();
+            if fiber.stack_size == self.shared.config.stack_size
+                && stacks.len() < self.shared.config.stack_pool
+            {
+                stacks.push(stack);
+            }
+        }
+        self.fibers
+            .borrow_mut()
+            .remove(fiber.slot.load(Ordering::Relaxed));
+        self.retire(&fiber);
+    }
+
+    fn retire(&self, fiber: &RawFiber) {
+        fiber.mark_done();
+    }
+
+    /// Runtime shutdown, on this worker's thread: drop every fiber it holds.
+    /// Suspended stacks are unwound here, on the thread they belong to.
+    fn shutdown(&self) {
+        self.shutting_down.set(true);
+        loop {
+            let mut dropped = false;
+            while let Some(f) = self.local.pop() {
+                drop_unstarted(f);
+                dropped = true;
+            }
+            self.ready.borrow_mut().clear();
+            while steal_one(&self.remote().inbox).is_some() {}
+            let fibers = self.fibers.borrow_mut().drain();
+            for f in fibers {
+                dropped = true;
+                self.kill(f);
+            }
+            if !dropped {
+                break;
+            }
+        }
+        *self.timers.borrow_mut() = Timers::new();
+        self.release_io();
+    }
+
+    fn kill(&self, fiber: FiberRef) {
+        // SAFETY: the fiber is parked or queued on this (its owner) worker,
+        // which no longer runs anything else.
+        let body = unsafe { &mut *fiber.body.get() };
+        if let Body::Running(co) = std::mem::replace(body, Body::Gone) {
+            self.current.set(Arc::as_ptr(&fiber));
+            // Dropping a suspended coroutine unwinds its stack, running the
+            // destructors of what it holds; parks return at once meanwhile.
+            drop(co);
+            self.current.set(std::ptr::null());
+        }
+        self.retire(&fiber);
+    }
+}
+
+/// Drops a fiber that never ran; its join handle reports it cancelled.
+pub(crate) fn drop_unstarted(fiber: FiberRef) {
+    // SAFETY: the fiber was just taken out of a queue and never started, so
+    // no other thread can reach its body.
+    let body = unsafe { &mut *fiber.body.get() };
+    drop(std::mem::replace(body, Body::Gone));
+    fiber.mark_done();
+}
+
+pub(crate) fn steal_one(q: &Injector<FiberRef>) -> Option<FiberRef> {
+    loop {
+        match q.steal() {
+            Steal::Success(f) => return Some(f),
+            Steal::Empty => return None,
+            Steal::Retry => continue,
+        }
+    }
+}
+
+fn steal_batch(
+    from: &Stealer<FiberRef>,
+    into: &crossbeam_deque::Worker<FiberRef>,
+) -> Option<FiberRef> {
+    loop {
+        match from.steal_batch_and_pop(into) {
+            Steal::Success(f) => return Some(f),
+            Steal::Empty => return None,
+            Steal::Retry => continue,
+        }
+    }
+}
+
+fn page_size() -> usize {
+    static PAGE: once_cell::sync::OnceCell<usize> = once_cell::sync::OnceCell::new();
+    // SAFETY: sysconf has no preconditions.
+    *PAGE.get_or_init(|| unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize)
+}
+
+/// Started fibers of one worker, by slot.
+#[derive(Default)]
+struct Slab {
+    entries: Vec<Option<FiberRef>>,
+    free: Vec<usize>,
+}
+
+impl Slab {
+    fn insert(&mut self, f: FiberRef) -> usize {
+        match self.free.pop() {
+            Some(i) => {
+                self.entries[i] = Some(f);
+                i
+            }
+            None => {
+                self.entries.push(Some(f));
+                self.entries.len() - 1
+            }
+        }
+    }
+
+    fn remove(&mut self, i: usize) {
+        if let Some(e) = self.entries.get_mut(i) {
+            if e.take().is_some() {
+                self.free.push(i);
+            }
+        }
+    }
+
+    fn drain(&mut self) -> Vec<FiberRef> {
+        self.free.clear();
+        self.entries.drain(..).flatten().collect()
+    }
+}
