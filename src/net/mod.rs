@@ -1,1 +1,92 @@
-//! Networking types shaped like `std::net`.
+//! Networking types shaped like `std::net`: [`TcpListener`], [`TcpStream`],
+//! [`UdpSocket`], [`UnixListener`], [`UnixStream`].
+//!
+//! Every operation that would block parks the calling fiber until the socket
+//! is ready (see the reactor notes in the crate docs); the worker runs other
+//! fibers meanwhile. Both `T` and `&T` implement `Read`/`Write` for the stream
+//! types, so `BufReader`, `BufWriter` and full-duplex use (one fiber reads
+//! while another writes the same socket) work as with `std`.
+//!
+//! **Outside a runtime** (on a plain thread) these types block the calling
+//! thread, like `std::net`: they wait in `poll(2)`.
+//!
+//! A write to a peer that has closed returns `Err` (`BrokenPipe` or
+//! `ConnectionReset`): building a runtime ignores `SIGPIPE` for the process.
+
+mod tcp;
+mod udp;
+mod unix;
+
+pub use tcp::{Incoming, TcpListener, TcpStream};
+pub use udp::UdpSocket;
+pub use unix::{UnixListener, UnixStream};
+
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// An optional timeout stored in an atomic (nanoseconds, 0 = none), so a
+/// socket shared by reference between fibers can change it.
+#[derive(Debug, Default)]
+pub(crate) struct AtomicTimeout(AtomicU64);
+
+impl AtomicTimeout {
+    pub(crate) fn set(&self, d: Option<Duration>) -> io::Result<()> {
+        let nanos = match d {
+            None => 0,
+            Some(d) if d.is_zero() => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "cannot set a 0 duration timeout",
+                ))
+            }
+            Some(d) => d.as_nanos().min(u64::MAX as u128) as u64,
+        };
+        self.0.store(nanos, Ordering::Relaxed);
+        Ok(())
+    }
+
+    pub(crate) fn get(&self) -> Option<Duration> {
+        match self.0.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(Duration::from_nanos(n)),
+        }
+    }
+
+    /// The deadline for an operation starting now.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        self.get().and_then(|d| Instant::now().checked_add(d))
+    }
+}
+
+/// Resolves `addr` and calls `f` on each address until one succeeds,
+/// returning the last error otherwise (as `std::net` does).
+pub(crate) fn each_addr<A: ToSocketAddrs, T>(
+    addr: A,
+    mut f: impl FnMut(&SocketAddr) -> io::Result<T>,
+) -> io::Result<T> {
+    let mut last = None;
+    for a in addr.to_socket_addrs()? {
+        match f(&a) {
+            Ok(v) => return Ok(v),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "could not resolve to any addresses",
+        )
+    }))
+}
+
+/// Duplicates a descriptor (close-on-exec), for `try_clone`.
+pub(crate) fn dup_fd(fd: std::os::fd::RawFd) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: F_DUPFD_CLOEXEC on a descriptor we own returns a new
+    // descriptor, which we immediately wrap to own it.
+    let new = unsafe { crate::sys::syscall!(fcntl(fd, libc::F_DUPFD_CLOEXEC, 0)) }?;
+    // SAFETY: `new` is a fresh descriptor nobody else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(new) })
+}

@@ -1,0 +1,268 @@
+use std::fmt;
+use std::io::{self, IoSlice, IoSliceMut, Read, Write};
+use std::net::Shutdown;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use super::AtomicTimeout;
+use crate::io::{Direction, IoSource};
+
+/// A Unix domain socket server.
+///
+/// # Examples
+///
+/// ```
+/// use std::io::{Read, Write};
+/// use weave::net::{UnixListener, UnixStream};
+///
+/// let path = std::env::temp_dir().join(format!("weave-doc-{}.sock", std::process::id()));
+/// let _ = std::fs::remove_file(&path);
+/// let rt = weave::Runtime::builder().workers(1).build()?;
+/// let p = path.clone();
+/// rt.block_on(move || -> std::io::Result<()> {
+///     let listener = UnixListener::bind(&p)?;
+///     let client = weave::spawn(move || -> std::io::Result<()> {
+///         UnixStream::connect(&p)?.write_all(b"hi")
+///     });
+///     let (mut conn, _) = listener.accept()?;
+///     let mut s = String::new();
+///     conn.read_to_string(&mut s)?;
+///     assert_eq!(s, "hi");
+///     client.join().unwrap()
+/// })?;
+/// std::fs::remove_file(&path)?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub struct UnixListener {
+    io: IoSource<mio::net::UnixListener>,
+}
+
+impl fmt::Debug for UnixListener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UnixListener")
+            .field("fd", &self.io.raw_fd())
+            .finish()
+    }
+}
+
+impl UnixListener {
+    /// Binds a listener to the socket file `path` (which must not exist).
+    ///
+    /// # Errors
+    ///
+    /// `bind(2)` errors, such as `AddrInUse` when the file exists.
+    pub fn bind<P: AsRef<Path>>(path: P) -> io::Result<UnixListener> {
+        crate::sys::ignore_sigpipe();
+        Ok(UnixListener {
+            io: IoSource::new(mio::net::UnixListener::bind(path)?),
+        })
+    }
+
+    /// Accepts a connection, parking the fiber until one arrives.
+    ///
+    /// # Errors
+    ///
+    /// `accept(2)` errors.
+    pub fn accept(&self) -> io::Result<(UnixStream, SocketAddr)> {
+        let (s, addr) = self.io.do_io(Direction::Read, None, |l| l.accept())?;
+        Ok((UnixStream::from_mio(s), addr))
+    }
+
+    /// The address the listener is bound to.
+    ///
+    /// # Errors
+    ///
+    /// `getsockname(2)` errors.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.io.get_ref().local_addr()
+    }
+}
+
+impl AsRawFd for UnixListener {
+    fn as_raw_fd(&self) -> RawFd {
+        self.io.raw_fd()
+    }
+}
+
+/// A Unix domain stream connection. `Read` and `Write` are implemented for
+/// `UnixStream` and `&UnixStream`.
+pub struct UnixStream {
+    io: IoSource<mio::net::UnixStream>,
+    read_timeout: AtomicTimeout,
+    write_timeout: AtomicTimeout,
+}
+
+impl fmt::Debug for UnixStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UnixStream")
+            .field("fd", &self.io.raw_fd())
+            .finish()
+    }
+}
+
+impl UnixStream {
+    fn from_mio(s: mio::net::UnixStream) -> UnixStream {
+        UnixStream {
+            io: IoSource::new(s),
+            read_timeout: AtomicTimeout::default(),
+            write_timeout: AtomicTimeout::default(),
+        }
+    }
+
+    /// Connects to the socket at `path`.
+    ///
+    /// # Errors
+    ///
+    /// `connect(2)` errors, such as `NotFound` or `ConnectionRefused`.
+    pub fn connect<P: AsRef<Path>>(path: P) -> io::Result<UnixStream> {
+        crate::sys::ignore_sigpipe();
+        let s = Self::from_mio(mio::net::UnixStream::connect(path)?);
+        s.io.do_io(Direction::Write, None, |s| {
+            if let Some(e) = s.take_error()? {
+                return Err(e);
+            }
+            match s.peer_addr() {
+                Ok(_) => Ok(()),
+                Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+                    Err(io::ErrorKind::WouldBlock.into())
+                }
+                Err(e) => Err(e),
+            }
+        })?;
+        Ok(s)
+    }
+
+    /// A connected pair of sockets.
+    ///
+    /// # Errors
+    ///
+    /// `socketpair(2)` errors.
+    pub fn pair() -> io::Result<(UnixStream, UnixStream)> {
+        crate::sys::ignore_sigpipe();
+        let (a, b) = mio::net::UnixStream::pair()?;
+        Ok((Self::from_mio(a), Self::from_mio(b)))
+    }
+
+    /// Shuts down the read half, the write half, or both.
+    ///
+    /// # Errors
+    ///
+    /// `shutdown(2)` errors.
+    pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        self.io.get_ref().shutdown(how)
+    }
+
+    /// Sets the read timeout (`None`: wait forever).
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` for a zero duration.
+    pub fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.read_timeout.set(timeout)
+    }
+
+    /// Sets the write timeout (`None`: wait forever).
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` for a zero duration.
+    pub fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.write_timeout.set(timeout)
+    }
+
+    /// The local address.
+    ///
+    /// # Errors
+    ///
+    /// `getsockname(2)` errors.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.io.get_ref().local_addr()
+    }
+
+    /// The peer's address.
+    ///
+    /// # Errors
+    ///
+    /// `getpeername(2)` errors.
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.io.get_ref().peer_addr()
+    }
+
+    fn read_inner(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.io
+            .do_io(Direction::Read, self.read_timeout.deadline(), |mut s| s.read(buf))
+    }
+
+    fn read_vectored_inner(&self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
+        self.io.do_io(Direction::Read, self.read_timeout.deadline(), |mut s| {
+            s.read_vectored(bufs)
+        })
+    }
+
+    fn write_inner(&self, buf: &[u8]) -> io::Result<usize> {
+        self.io
+            .do_io(Direction::Write, self.write_timeout.deadline(), |mut s| s.write(buf))
+    }
+
+    fn write_vectored_inner(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.io.do_io(Direction::Write, self.write_timeout.deadline(), |mut s| {
+            s.write_vectored(bufs)
+        })
+    }
+}
+
+impl Read for UnixStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.read_inner(buf)
+    }
+
+    fn read_vectored(&mut self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
+        self.read_vectored_inner(bufs)
+    }
+}
+
+impl Read for &UnixStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.read_inner(buf)
+    }
+
+    fn read_vectored(&mut self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
+        self.read_vectored_inner(bufs)
+    }
+}
+
+impl Write for UnixStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_inner(buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.write_vectored_inner(bufs)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Write for &UnixStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_inner(buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.write_vectored_inner(bufs)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl AsRawFd for UnixStream {
+    fn as_raw_fd(&self) -> RawFd {
+        self.io.raw_fd()
+    }
+}
