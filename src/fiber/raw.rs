@@ -91,6 +91,9 @@ pub(crate) struct RawFiber {
     /// Lowest and highest address of the stack's guard page, for the stack
     /// overflow report. Set at first run.
     pub(crate) guard: (AtomicUsize, AtomicUsize),
+    /// Debug builds check that no two threads ever run the fiber at once.
+    #[cfg(debug_assertions)]
+    pub(crate) on_cpu: std::sync::atomic::AtomicBool,
 }
 
 // SAFETY: this is the crate's single `unsafe impl Send`/`Sync` for fibers, and
@@ -136,6 +139,8 @@ impl RawFiber {
             locals: UnsafeCell::new(HashMap::new()),
             slot: AtomicUsize::new(usize::MAX),
             guard: (AtomicUsize::new(0), AtomicUsize::new(0)),
+            #[cfg(debug_assertions)]
+            on_cpu: std::sync::atomic::AtomicBool::new(false),
         })
     }
 

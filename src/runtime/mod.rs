@@ -32,9 +32,11 @@
 //!
 //! # Fairness
 //!
-//! A worker runs its started fibers in FIFO order. Every 61 scheduling ticks it
-//! first polls I/O without blocking, fires due timers and takes one fiber from
-//! the injector, so neither I/O nor new work starves behind a busy run queue.
+//! A worker runs its started fibers in FIFO order. Every 4th scheduling tick
+//! it starts a queued new fiber first, so fibers that keep yielding cannot
+//! keep fresh connections from starting. Every 61 ticks it first polls I/O
+//! without blocking, fires due timers and takes one fiber from the injector,
+//! so neither I/O nor outside work starves behind a busy run queue.
 //! A fiber that runs longer than the hog threshold (default 100 ms) without
 //! parking is logged by name, since it delays every fiber on its worker.
 

@@ -25,6 +25,9 @@ pub(crate) const WAKER_TOKEN: Token = Token(usize::MAX);
 /// Scheduling ticks between two fairness checks (I/O, timers, injector).
 const FAIRNESS_INTERVAL: u32 = 61;
 
+/// Scheduling ticks between two turns in which a new fiber goes first.
+const NEW_FIBER_INTERVAL: u32 = 4;
+
 pub(crate) struct Worker {
     pub(crate) index: usize,
     pub(crate) shared: Arc<Shared>,
@@ -67,7 +70,7 @@ pub(crate) fn run(
         fibers: RefCell::new(Slab::default()),
         released: RefCell::new(Vec::new()),
         shutting_down: Cell::new(false),
-        rng: Cell::new(index as u32 * 0x9E37_79B9 + 1),
+        rng: Cell::new((index as u32).wrapping_mul(0x9E37_79B9) | 1),
     };
     let _altstack = overflow::AltStack::ensure();
     let _enter = context::enter(&worker);
@@ -96,6 +99,10 @@ impl Worker {
                 self.poll_io(Some(Duration::ZERO));
                 self.fire_timers();
                 steal_one(&self.shared.injector).or_else(|| self.next_fiber())
+            } else if tick % NEW_FIBER_INTERVAL == 0 {
+                // Started fibers that keep yielding must not keep new ones
+                // (fresh connections) from ever starting.
+                self.local.pop().or_else(|| self.next_fiber())
             } else {
                 self.next_fiber()
             };
@@ -110,14 +117,16 @@ impl Worker {
     /// latency that matters), then new ones from our queue, the injector, and
     /// other workers.
     fn next_fiber(&self) -> Option<FiberRef> {
-        if let Some(f) = self.ready.borrow_mut().pop_front() {
-            return Some(f);
-        }
-        if let Some(f) = steal_one(&self.remote().inbox) {
+        // Wakeups from other threads join the back of the run queue, so they
+        // take their turn even when local fibers keep the queue non-empty.
+        let inbox = &self.remote().inbox;
+        if !inbox.is_empty() {
             let mut ready = self.ready.borrow_mut();
-            while let Some(g) = steal_one(&self.remote().inbox) {
-                ready.push_back(g);
+            while let Some(f) = steal_one(inbox) {
+                ready.push_back(f);
             }
+        }
+        if let Some(f) = self.ready.borrow_mut().pop_front() {
             return Some(f);
         }
         if let Some(f) = self.local.pop() {
@@ -283,6 +292,12 @@ impl Worker {
         let Body::Running(co) = body else {
             return;
         };
+        #[cfg(debug_assertions)]
+        assert!(
+            !fiber.on_cpu.swap(true, Ordering::AcqRel),
+            "weave: fiber '{}' resumed twice at once",
+            fiber.display_name()
+        );
         self.current.set(Arc::as_ptr(&fiber));
         overflow::set_current(&fiber);
         let started = crate::sys::coarse_now();
@@ -290,6 +305,8 @@ impl Worker {
         let ran = crate::sys::coarse_now().saturating_sub(started);
         overflow::set_current_null();
         self.current.set(std::ptr::null());
+        #[cfg(debug_assertions)]
+        fiber.on_cpu.store(false, Ordering::Release);
         if ran >= self.shared.config.hog_threshold {
             log::warn!(
                 "weave: fiber '{}' ran for {} ms without parking; it delays every fiber on worker {}",
@@ -330,10 +347,11 @@ impl Worker {
         fiber.owner.store(self.index, Ordering::Release);
         let slot = self.fibers.borrow_mut().insert(fiber.clone());
         fiber.slot.store(slot, Ordering::Relaxed);
-        let guard_hi = corosensei::stack::Stack::limit(&stack).get();
-        let page = page_size();
-        fiber.guard.0.store(guard_hi - page, Ordering::Relaxed);
-        fiber.guard.1.store(guard_hi, Ordering::Relaxed);
+        // corosensei's `limit()` is the bottom of the mapping, which is the
+        // guard page itself.
+        let guard_lo = corosensei::stack::Stack::limit(&stack).get();
+        fiber.guard.0.store(guard_lo, Ordering::Relaxed);
+        fiber.guard.1.store(guard_lo + page_size(), Ordering::Relaxed);
         let me: *const RawFiber = Arc::as_ptr(fiber);
         let me = me as usize;
         let co: FiberCoroutine = Coroutine::with_stack(stack, move |yielder, ()| {
