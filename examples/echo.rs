@@ -8,7 +8,7 @@ use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 
 use clap::Parser;
-use weave::net::{TcpListener, TcpStream};
+use weave::server::{Conn, Server};
 
 /// Echo server on weave fibers.
 #[derive(Parser, Debug)]
@@ -23,10 +23,13 @@ struct Args {
     /// Size of each connection's read buffer, in bytes.
     #[arg(long, default_value_t = 64 * 1024)]
     buffer: usize,
+    /// Use one listener and one acceptor instead of one per worker.
+    #[arg(long)]
+    single_acceptor: bool,
 }
 
 /// The whole protocol: read what arrives, write it back, until EOF.
-fn echo(mut conn: TcpStream, buffer: usize) -> io::Result<()> {
+fn echo(mut conn: Conn, buffer: usize) -> io::Result<()> {
     conn.set_nodelay(true)?;
     let mut buf = vec![0u8; buffer];
     loop {
@@ -39,31 +42,18 @@ fn echo(mut conn: TcpStream, buffer: usize) -> io::Result<()> {
 }
 
 fn main() -> io::Result<()> {
-    env_logger::init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let args = Args::parse();
-    let mut builder = weave::Runtime::builder();
+    let mut builder = Server::builder()
+        .bind(args.addr.to_string())
+        .reuseport(!args.single_acceptor);
     if let Some(n) = args.workers {
         builder = builder.workers(n);
     }
-    let rt = builder.build()?;
+    let server = builder.build()?;
+    log::info!("echo listening on {:?}", server.local_addrs());
     let buffer = args.buffer;
-    rt.block_on(move || -> io::Result<()> {
-        let listener = TcpListener::bind(args.addr)?;
-        log::info!("echo listening on {}", listener.local_addr()?);
-        loop {
-            match listener.accept() {
-                Ok((conn, peer)) => {
-                    weave::spawn(move || {
-                        if let Err(e) = echo(conn, buffer) {
-                            log::debug!("{peer}: {e}");
-                        }
-                    });
-                }
-                Err(e) => {
-                    log::warn!("accept: {e}");
-                    weave::sleep(std::time::Duration::from_millis(10));
-                }
-            }
-        }
-    })
+    let summary = server.serve(move |conn| echo(conn, buffer))?;
+    log::info!("stopped: {:?}", summary);
+    Ok(())
 }

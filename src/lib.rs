@@ -80,8 +80,10 @@ pub mod fiber;
 pub(crate) mod io;
 pub mod net;
 pub mod runtime;
+pub mod server;
 pub mod time;
 
 pub use fiber::{current, park, park_timeout, spawn, yield_now, Fiber, FiberId, JoinHandle};
 pub use runtime::{Handle, Runtime};
+pub use server::{Conn, Server, ServerHandle};
 pub use time::{sleep, sleep_until};

@@ -254,6 +254,20 @@ impl Builder {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
+        self.spawn_inner(shared, None, f)
+    }
+
+    /// Spawns on worker `worker` of the runtime, where the fiber stays.
+    pub(crate) fn spawn_inner<F, T>(
+        self,
+        shared: &Arc<Shared>,
+        worker: Option<usize>,
+        f: F,
+    ) -> io::Result<JoinHandle<T>>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
         let stack_size = self.stack_size.unwrap_or(shared.config.stack_size);
         if !(4096..=(1 << 40)).contains(&stack_size) {
             return Err(io::Error::new(
@@ -282,7 +296,16 @@ impl Builder {
         shared
             .live_fibers
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        schedule_new(fiber.clone());
+        match worker {
+            None => schedule_new(fiber.clone()),
+            Some(i) => {
+                // A new fiber in a worker's inbox starts there: only its owner
+                // pops the inbox, and the first run pins it.
+                let remote = &shared.remotes[i % shared.remotes.len()];
+                remote.inbox.push(fiber.clone());
+                remote.notify();
+            }
+        }
         Ok(JoinHandle { fiber, packet })
     }
 }

@@ -111,6 +111,16 @@ impl UnixStream {
         }
     }
 
+    /// Wraps a `std` Unix stream, switching it to non-blocking mode.
+    ///
+    /// # Errors
+    ///
+    /// If the socket cannot be made non-blocking.
+    pub fn from_std(stream: std::os::unix::net::UnixStream) -> io::Result<UnixStream> {
+        stream.set_nonblocking(true)?;
+        Ok(Self::from_mio(mio::net::UnixStream::from_std(stream)))
+    }
+
     /// Connects to the socket at `path`.
     ///
     /// # Errors

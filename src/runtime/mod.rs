@@ -440,6 +440,19 @@ impl Handle {
             .expect("spawning a fiber with default settings cannot fail")
     }
 
+    /// Spawns a fiber that runs on worker `worker` (modulo the worker
+    /// count) and stays there: for per-worker services such as one acceptor
+    /// per worker.
+    pub fn spawn_on_worker<F, T>(&self, worker: usize, f: F) -> JoinHandle<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        crate::fiber::Builder::new()
+            .spawn_inner(&self.shared, Some(worker), f)
+            .expect("spawning a fiber with default settings cannot fail")
+    }
+
     /// The handle of the runtime the caller runs on, if it runs on a fiber
     /// or worker thread.
     pub fn try_current() -> Option<Handle> {

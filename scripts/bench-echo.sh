@@ -1,0 +1,267 @@
+#!/usr/bin/env bash
+# Echo benchmark: weave against tokio, may and a hand-written mio event loop
+# (the ceiling), same load generator, same worker count, in one run.
+#
+# For every scenario (connections / message size / messages in flight per
+# connection) each server is started fresh on 127.0.0.1, loaded by
+# examples/echo_load.rs for SECS seconds, and stopped; servers alternate
+# (A B C D A B C D ...) for ROUNDS rounds and the table shows medians. The
+# load generator reads the server's CPU time (utime + stime from
+# /proc/PID/stat) at the start and end of its measured window, so the table
+# also shows server CPU microseconds per message: on a small machine the load
+# generator saturates a core and throughput alone hides what the server
+# costs.
+#
+# Then idle memory: each server gets IDLE_CONNS connections that echo one
+# message each and stay open; VmRSS of the server before and after, divided
+# by the connection count.
+#
+# Usage: scripts/bench-echo.sh
+# Environment (defaults in brackets):
+#   WORKERS [1]         worker threads of every server
+#   CLIENT_WORKERS [1]  worker threads of the load generator
+#   ROUNDS [2]          rounds per scenario
+#   SECS [3]            measured seconds per run
+#   IDLE_CONNS [10000]  connections for the memory measurement (0 skips it)
+#   SERVERS ["weave tokio may mio"]
+#   SCENARIOS ["1:64:1 64:64:1 64:4096:1 1000:64:1 64:64:16"] conns:size:depth
+#   OUT [docs/bench-echo.md]  where the markdown report goes
+#   CARGO_TARGET_DIR    where to build (default: target)
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+WORKERS=${WORKERS:-1}
+CLIENT_WORKERS=${CLIENT_WORKERS:-1}
+ROUNDS=${ROUNDS:-2}
+SECS=${SECS:-3}
+IDLE_CONNS=${IDLE_CONNS:-10000}
+SERVERS=${SERVERS:-"weave tokio may mio"}
+SCENARIOS=${SCENARIOS:-"1:64:1 64:64:1 64:4096:1 1000:64:1 64:64:16"}
+OUT=${OUT:-docs/bench-echo.md}
+TARGET=${CARGO_TARGET_DIR:-target}
+BIN="$TARGET/release/examples"
+
+for v in WORKERS CLIENT_WORKERS ROUNDS SECS IDLE_CONNS; do
+    if ! [[ ${!v} =~ ^[0-9]+$ ]]; then
+        echo "bench-echo: $v must be a whole number, got '${!v}'" >&2
+        exit 2
+    fi
+done
+
+# Both sides of 10,000 connections need descriptors.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((IDLE_CONNS + 100)) ]; then
+    echo "bench-echo: open-files limit $(ulimit -n) is too low for IDLE_CONNS=$IDLE_CONNS" >&2
+    exit 2
+fi
+
+echo "== building release binaries" >&2
+cargo build --release --quiet \
+    --example echo --example echo_tokio --example echo_may --example echo_mio \
+    --example echo_load
+
+WORK=$(mktemp -d)
+SERVER_PID=""
+CLIENT_PID=""
+cleanup() {
+    if [ -n "$CLIENT_PID" ]; then kill "$CLIENT_PID" 2>/dev/null || true; fi
+    if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID" 2>/dev/null || true; fi
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+server_bin() {
+    case $1 in
+        weave) echo "$BIN/echo" ;;
+        tokio) echo "$BIN/echo_tokio" ;;
+        may) echo "$BIN/echo_may" ;;
+        mio) echo "$BIN/echo_mio" ;;
+        *) echo "bench-echo: unknown server '$1'" >&2; exit 2 ;;
+    esac
+}
+
+# A port nothing listens on (the kernel's pick for an ephemeral bind).
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# start_server NAME: sets SERVER_PID and PORT; waits (bounded) until the
+# server accepts connections.
+start_server() {
+    local bin
+    bin=$(server_bin "$1")
+    PORT=$(free_port)
+    "$bin" --addr "127.0.0.1:$PORT" --workers "$WORKERS" >"$WORK/server.log" 2>&1 &
+    SERVER_PID=$!
+    for _ in $(seq 1 100); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
+            sleep 0.2 # let the probe connection's handler finish
+            return 0
+        fi
+        if ! kill -0 "$SERVER_PID" 2>/dev/null; then break; fi
+        sleep 0.05
+    done
+    echo "bench-echo: server $1 did not start:" >&2
+    cat "$WORK/server.log" >&2
+    exit 1
+}
+
+stop_server() {
+    if [ -n "$SERVER_PID" ]; then
+        kill "$SERVER_PID" 2>/dev/null || true
+        wait "$SERVER_PID" 2>/dev/null || true
+        SERVER_PID=""
+    fi
+}
+
+# field KEY LINE: value of KEY=value in a RESULT line.
+field() {
+    tr ' ' '\n' <<<"$2" | sed -n "s/^$1=//p"
+}
+
+# median of the arguments (mean of the middle two for an even count);
+# "na" values are ignored.
+median() {
+    printf '%s\n' "$@" | grep -v '^na$' | sort -g | awk '
+        { v[NR] = $1 }
+        END {
+            if (NR == 0) { print "na"; exit }
+            if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2
+        }'
+}
+
+vmrss_kib() {
+    awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"
+}
+
+declare -A RES
+echo "== throughput: servers [$SERVERS], $WORKERS worker(s) each, load generator $CLIENT_WORKERS worker(s), $ROUNDS x ${SECS}s per server and scenario" >&2
+for sc in $SCENARIOS; do
+    IFS=: read -r conns size depth <<<"$sc"
+    for round in $(seq 1 "$ROUNDS"); do
+        for s in $SERVERS; do
+            start_server "$s"
+            line=$(timeout $((SECS + 90)) "$BIN/echo_load" --addr "127.0.0.1:$PORT" \
+                --conns "$conns" --size "$size" --depth "$depth" --secs "$SECS" \
+                --workers "$CLIENT_WORKERS" --server-pid "$SERVER_PID" 2>"$WORK/load.err" |
+                grep '^RESULT' || true)
+            stop_server
+            if [ -z "$line" ]; then
+                echo "bench-echo: no result for $s at $sc:" >&2
+                cat "$WORK/load.err" >&2
+                line="RESULT msgs_per_s=na p99_us=na server_cpu_us_per_msg=na errors=na"
+            fi
+            key="$sc|$s"
+            RES[$key.mps]+=" $(field msgs_per_s "$line")"
+            RES[$key.p99]+=" $(field p99_us "$line")"
+            RES[$key.cpu]+=" $(field server_cpu_us_per_msg "$line")"
+            RES[$key.err]+=" $(field errors "$line")"
+            printf '  %-12s round %d  %-6s %s\n' "$sc" "$round" "$s" "${line#RESULT }" >&2
+        done
+    done
+done
+
+ratio() { # ratio A B, two decimals, or "na"
+    awk -v a="$1" -v b="$2" 'BEGIN {
+        if (a == "na" || b == "na" || b + 0 == 0) print "na"; else printf "%.2f", a / b }'
+}
+
+{
+    echo "# Echo benchmark"
+    echo
+    echo "Generated by \`scripts/bench-echo.sh\` on $(date -u +%Y-%m-%d), $(nproc) cores"
+    echo "($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo))."
+    echo "Every server runs $WORKERS worker thread(s); the load generator"
+    echo "(\`examples/echo_load.rs\`, on weave) runs $CLIENT_WORKERS. Medians of $ROUNDS"
+    echo "runs of ${SECS} s per server, servers alternating. Loopback only."
+    echo
+    echo "- **msgs/s**: echoed messages per second, all connections together."
+    echo "- **p99 us**: 99th percentile of the time from writing a message to"
+    echo "  reading its echo in full."
+    echo "- **CPU us/msg**: server CPU time (user + system) over the measured"
+    echo "  window, per message. With the load generator saturating a core,"
+    echo "  this is the column that shows what each server costs."
+    echo "- **vs mio**: ratio to the hand-written mio event loop (msgs/s: higher"
+    echo "  is better; CPU/msg: lower is better)."
+    echo
+    echo "| scenario (conns / size / in flight) | server | msgs/s | p99 us | CPU us/msg | msgs/s vs mio | CPU/msg vs mio | errors |"
+    echo "|---|---|---:|---:|---:|---:|---:|---:|"
+    for sc in $SCENARIOS; do
+        IFS=: read -r conns size depth <<<"$sc"
+        # shellcheck disable=SC2086
+        {
+            base_mps=$(median ${RES[$sc|mio.mps]:-na})
+            base_cpu=$(median ${RES[$sc|mio.cpu]:-na})
+        }
+        for s in $SERVERS; do
+            key="$sc|$s"
+            # shellcheck disable=SC2086
+            {
+                mps=$(median ${RES[$key.mps]})
+                p99=$(median ${RES[$key.p99]})
+                cpu=$(median ${RES[$key.cpu]})
+                errs=$(printf '%s\n' ${RES[$key.err]} | awk '$1 != "na" { t += $1 } $1 == "na" { n = 1 } END { print n ? "na" : t + 0 }')
+            }
+            if [ "$mps" != na ]; then mps=$(printf '%.0f' "$mps"); fi
+            if [ "$p99" != na ]; then p99=$(printf '%.0f' "$p99"); fi
+            if [ "$cpu" != na ]; then cpu=$(printf '%.2f' "$cpu"); fi
+            printf '| %s / %s B / %s | %s | %s | %s | %s | %s | %s | %s |\n' \
+                "$conns" "$size" "$depth" "$s" "$mps" "$p99" "$cpu" \
+                "$(ratio "$mps" "$base_mps")" "$(ratio "$cpu" "$base_cpu")" "$errs"
+        done
+    done
+} >"$WORK/table.md"
+
+if [ "$IDLE_CONNS" -gt 0 ]; then
+    echo "== idle memory: $IDLE_CONNS connections per server" >&2
+    {
+        echo
+        echo "## Resident memory per idle connection"
+        echo
+        echo "$IDLE_CONNS connections, each echoes one 64 B message and then stays"
+        echo "open. VmRSS of the server before the connections and once all are"
+        echo "up; per connection = delta / connections. Each server has a 64 KiB"
+        echo "read buffer per connection, of which only the touched pages become"
+        echo "resident."
+        echo
+        echo "| server | VmRSS before (KiB) | VmRSS with conns (KiB) | per connection (bytes) |"
+        echo "|---|---:|---:|---:|"
+    } >>"$WORK/table.md"
+    for s in $SERVERS; do
+        start_server "$s"
+        before=$(vmrss_kib "$SERVER_PID")
+        "$BIN/echo_load" --addr "127.0.0.1:$PORT" --idle-conns "$IDLE_CONNS" --size 64 \
+            --hold 30 --workers "$CLIENT_WORKERS" >"$WORK/idle.out" 2>"$WORK/idle.err" &
+        CLIENT_PID=$!
+        ready=""
+        for _ in $(seq 1 600); do
+            if grep -q '^READY' "$WORK/idle.out"; then ready=1; break; fi
+            if ! kill -0 "$CLIENT_PID" 2>/dev/null; then break; fi
+            sleep 0.1
+        done
+        if [ -n "$ready" ]; then
+            sleep 0.5
+            after=$(vmrss_kib "$SERVER_PID")
+            per=$(( (after - before) * 1024 / IDLE_CONNS ))
+        else
+            echo "bench-echo: idle connections to $s did not come up:" >&2
+            cat "$WORK/idle.err" >&2
+            after=na
+            per=na
+        fi
+        kill "$CLIENT_PID" 2>/dev/null || true
+        wait "$CLIENT_PID" 2>/dev/null || true
+        CLIENT_PID=""
+        stop_server
+        printf '| %s | %s | %s | %s |\n' "$s" "$before" "$after" "$per" >>"$WORK/table.md"
+        echo "  $s: before ${before} KiB, after ${after} KiB, ${per} B/conn" >&2
+    done
+fi
+
+mkdir -p "$(dirname "$OUT")"
+cp "$WORK/table.md" "$OUT"
+cat "$WORK/table.md"
+echo >&2
+echo "== written to $OUT" >&2

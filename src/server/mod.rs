@@ -1,0 +1,825 @@
+//! The server framework: bind, give a plain function per connection, run.
+//!
+//! ```no_run
+//! use std::io::{self, Read, Write};
+//! use weave::server::{Conn, Server};
+//!
+//! fn echo(mut conn: Conn) -> io::Result<()> {
+//!     let mut buf = [0u8; 4096];
+//!     loop {
+//!         let n = conn.read(&mut buf)?;
+//!         if n == 0 {
+//!             return Ok(());
+//!         }
+//!         conn.write_all(&buf[..n])?;
+//!     }
+//! }
+//!
+//! fn main() -> io::Result<()> {
+//!     let summary = Server::builder()
+//!         .bind("127.0.0.1:7000")
+//!         .workers(4)
+//!         .idle_timeout(std::time::Duration::from_secs(60))
+//!         .build()?
+//!         .serve(echo)?;
+//!     println!("served {} connections", summary.counters.closed);
+//!     Ok(())
+//! }
+//! ```
+//!
+//! # Around the handler
+//!
+//! - **Accept.** By default each worker has its own listener on the shared
+//!   port (`SO_REUSEPORT`) and its own acceptor fiber; the kernel spreads new
+//!   connections over them, so there is no single accept bottleneck and no
+//!   thundering herd. `reuseport(false)` uses one listener and one acceptor,
+//!   and idle workers steal the new connection fibers.
+//! - **Descriptor exhaustion.** When `accept` fails with `EMFILE`, `ENFILE`,
+//!   `ENOBUFS` or `ENOMEM`, the acceptor logs once per burst and backs off
+//!   (1 ms doubling to 1 s) instead of spinning; open connections keep
+//!   being served. A connection that closes frees a descriptor and wakes the
+//!   acceptor at once, so accepting resumes without waiting out the backoff.
+//! - **Connection limit.** Past `max_connections`, a new connection is
+//!   accepted and closed at once (counted in `rejected`); existing ones are
+//!   unaffected.
+//! - **Idle timeout.** Each connection's reads and writes time out after the
+//!   idle timeout, which ends the handler with `TimedOut` and closes it.
+//! - **Errors and panics.** A handler's `Err` or panic is logged with the peer
+//!   address and fiber name and counted; the connection closes, the server
+//!   goes on.
+//! - **Signals.** `SIGPIPE` is ignored. With `handle_signals(true)` (the
+//!   default), SIGINT and SIGTERM start a graceful shutdown.
+//!
+//! # Graceful shutdown, step by step
+//!
+//! 1. [`ServerHandle::stop`] (or a signal) marks the server stopping.
+//! 2. The listeners are shut down: acceptors wake up and return, and new
+//!    connection attempts are refused.
+//! 3. Connections waiting for their next request (their last I/O was a write,
+//!    or they have sent nothing yet) get their read side shut down, so the
+//!    handler reads end-of-file after any request already in flight. A
+//!    connection in the middle of a request (its last I/O was a read) is
+//!    left alone to finish its reply; it is checked again every 10 ms.
+//! 4. When the grace period ends, every remaining connection is shut down in
+//!    both directions; their handlers see errors and return.
+//! 5. `serve` returns a [`Summary`] once all connection fibers have ended (or
+//!    one more second has passed; those still running are reported).
+
+mod conn;
+mod signals;
+
+pub use conn::{Conn, PeerAddr};
+
+use std::fmt;
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::AsRawFd;
+use std::panic::{self, AssertUnwindSafe};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::fiber::Fiber;
+use crate::net::{TcpListener, UnixListener};
+use crate::Runtime;
+
+#[derive(Debug, Clone)]
+enum BindSpec {
+    Tcp(String),
+    TcpAddrs(Vec<SocketAddr>),
+    Unix(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) max_connections: usize,
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) shutdown_grace: Duration,
+}
+
+/// Configures a [`Server`].
+#[derive(Debug, Clone)]
+pub struct Builder {
+    binds: Vec<BindSpec>,
+    workers: Option<usize>,
+    stack_size: Option<usize>,
+    reuseport: bool,
+    handle_signals: bool,
+    config: Config,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Builder::new()
+    }
+}
+
+impl Builder {
+    /// A builder with the defaults: one worker per core, 10,000 connections,
+    /// no idle timeout, 5 s shutdown grace, per-worker listeners, signals
+    /// handled.
+    pub fn new() -> Builder {
+        Builder {
+            binds: Vec::new(),
+            workers: None,
+            stack_size: None,
+            reuseport: true,
+            handle_signals: true,
+            config: Config {
+                max_connections: 10_000,
+                idle_timeout: None,
+                shutdown_grace: Duration::from_secs(5),
+            },
+        }
+    }
+
+    /// Listens on a TCP address (`"127.0.0.1:11211"`, `"[::1]:0"`, ...).
+    /// May be called several times.
+    pub fn bind(mut self, addr: impl Into<String>) -> Builder {
+        self.binds.push(BindSpec::Tcp(addr.into()));
+        self
+    }
+
+    /// Listens on these TCP addresses.
+    pub fn bind_addrs(mut self, addrs: impl ToSocketAddrs) -> io::Result<Builder> {
+        self.binds
+            .push(BindSpec::TcpAddrs(addrs.to_socket_addrs()?.collect()));
+        Ok(self)
+    }
+
+    /// Listens on a Unix socket at `path` (which must not exist).
+    pub fn bind_unix(mut self, path: impl Into<PathBuf>) -> Builder {
+        self.binds.push(BindSpec::Unix(path.into()));
+        self
+    }
+
+    /// Worker threads (default: one per core).
+    pub fn workers(mut self, n: usize) -> Builder {
+        self.workers = Some(n.max(1));
+        self
+    }
+
+    /// Stack size of connection fibers, in bytes (default 256 KiB).
+    pub fn stack_size(mut self, bytes: usize) -> Builder {
+        self.stack_size = Some(bytes);
+        self
+    }
+
+    /// Most connections open at once; more are closed on arrival.
+    pub fn max_connections(mut self, n: usize) -> Builder {
+        self.config.max_connections = n;
+        self
+    }
+
+    /// Closes a connection whose read or write waits longer than `d`.
+    pub fn idle_timeout(mut self, d: Duration) -> Builder {
+        self.config.idle_timeout = Some(d).filter(|d| !d.is_zero());
+        self
+    }
+
+    /// How long a graceful shutdown waits for connections to finish.
+    pub fn shutdown_grace(mut self, d: Duration) -> Builder {
+        self.config.shutdown_grace = d;
+        self
+    }
+
+    /// One listener per worker with `SO_REUSEPORT` (default `true`), or a
+    /// single listener and acceptor.
+    pub fn reuseport(mut self, on: bool) -> Builder {
+        self.reuseport = on;
+        self
+    }
+
+    /// Turn SIGINT/SIGTERM into a graceful shutdown (default `true`).
+    pub fn handle_signals(mut self, on: bool) -> Builder {
+        self.handle_signals = on;
+        self
+    }
+
+    /// Binds the listeners and starts the workers.
+    ///
+    /// # Errors
+    ///
+    /// No address given, an address that does not resolve or cannot be
+    /// bound (in use, permission), or a runtime that cannot start.
+    pub fn build(self) -> io::Result<Server> {
+        if self.binds.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "server has no address to listen on (call bind)",
+            ));
+        }
+        let mut rt = Runtime::builder().thread_name("weave-server");
+        if let Some(n) = self.workers {
+            rt = rt.workers(n);
+        }
+        if let Some(s) = self.stack_size {
+            rt = rt.stack_size(s);
+        }
+        let runtime = rt.build()?;
+        let workers = runtime.workers();
+        let mut listeners = Vec::new();
+        for spec in &self.binds {
+            match spec {
+                BindSpec::Tcp(s) => bind_tcp(s.as_str(), self.reuseport, workers, &mut listeners)?,
+                BindSpec::TcpAddrs(a) => {
+                    bind_tcp(&a[..], self.reuseport, workers, &mut listeners)?
+                }
+                BindSpec::Unix(p) => {
+                    listeners.push(Listener::Unix(UnixListener::bind(p)?, p.clone()))
+                }
+            }
+        }
+        let state = Arc::new(State::new(self.config));
+        Ok(Server {
+            runtime,
+            listeners,
+            state,
+            handle_signals: self.handle_signals,
+        })
+    }
+}
+
+fn bind_tcp(
+    addrs: impl ToSocketAddrs,
+    reuseport: bool,
+    workers: usize,
+    out: &mut Vec<Listener>,
+) -> io::Result<()> {
+    let addrs: Vec<SocketAddr> = addrs.to_socket_addrs()?.collect();
+    if addrs.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "address resolved to nothing",
+        ));
+    }
+    for addr in addrs {
+        if !reuseport {
+            out.push(Listener::Tcp(TcpListener::bind(addr)?, None));
+            continue;
+        }
+        // The first bind picks the port (when 0); the others share it.
+        let first = TcpListener::bind_reuseport(addr)?;
+        let port_addr = first.local_addr()?;
+        out.push(Listener::Tcp(first, Some(0)));
+        for w in 1..workers {
+            out.push(Listener::Tcp(TcpListener::bind_reuseport(port_addr)?, Some(w)));
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug)]
+enum Listener {
+    /// A TCP listener, pinned to a worker when it is one of a reuseport set.
+    Tcp(TcpListener, Option<usize>),
+    /// A Unix listener and its path.
+    Unix(UnixListener, PathBuf),
+}
+
+/// How the shutdown wakes an acceptor blocked in `accept`.
+enum Wake {
+    /// `shutdown(2)` on a listening TCP socket fails the pending `accept`.
+    Shutdown(i32),
+    /// Unix listeners ignore that, so the shutdown connects once instead.
+    Connect(PathBuf),
+}
+
+impl Listener {
+    fn waker(&self) -> Wake {
+        match self {
+            Listener::Tcp(l, _) => Wake::Shutdown(l.as_raw_fd()),
+            Listener::Unix(_, p) => Wake::Connect(p.clone()),
+        }
+    }
+}
+
+/// Live connections, so shutdown can reach them.
+#[derive(Debug, Default)]
+struct Registry {
+    slots: Vec<Option<Arc<conn::Tracked>>>,
+    free: Vec<usize>,
+    closed_bytes_in: u64,
+    closed_bytes_out: u64,
+}
+
+/// State shared by the server's fibers and handles.
+#[derive(Debug)]
+pub(crate) struct State {
+    pub(crate) config: Config,
+    registry: Mutex<Registry>,
+    accepted: AtomicU64,
+    active: AtomicUsize,
+    closed: AtomicU64,
+    rejected: AtomicU64,
+    errors: AtomicU64,
+    panics: AtomicU64,
+    stopping: AtomicBool,
+    controller: Mutex<Option<Fiber>>,
+    /// Acceptors backing off after running out of descriptors; a closing
+    /// connection wakes them, since it just freed one.
+    paused: Mutex<Vec<Fiber>>,
+    any_paused: AtomicBool,
+}
+
+impl State {
+    fn new(config: Config) -> State {
+        State {
+            config,
+            registry: Mutex::new(Registry::default()),
+            accepted: AtomicU64::new(0),
+            active: AtomicUsize::new(0),
+            closed: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            panics: AtomicU64::new(0),
+            stopping: AtomicBool::new(false),
+            controller: Mutex::new(None),
+            paused: Mutex::new(Vec::new()),
+            any_paused: AtomicBool::new(false),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn register(&self, t: Arc<conn::Tracked>) -> usize {
+        let mut r = self.lock();
+        match r.free.pop() {
+            Some(i) => {
+                r.slots[i] = Some(t);
+                i
+            }
+            None => {
+                r.slots.push(Some(t));
+                r.slots.len() - 1
+            }
+        }
+    }
+
+    pub(crate) fn unregister(&self, slot: usize, t: &conn::Tracked) {
+        let mut r = self.lock();
+        if let Some(s) = r.slots.get_mut(slot) {
+            if s.take().is_some() {
+                r.free.push(slot);
+            }
+        }
+        r.closed_bytes_in += t.bytes_in.load(Ordering::Relaxed);
+        r.closed_bytes_out += t.bytes_out.load(Ordering::Relaxed);
+    }
+
+    /// Parks the calling acceptor for up to `d`, or until a connection
+    /// closes.
+    fn pause_acceptor(&self, d: Duration) {
+        {
+            let mut p = self.paused.lock().unwrap_or_else(|e| e.into_inner());
+            p.push(crate::current());
+            self.any_paused.store(true, Ordering::SeqCst);
+        }
+        crate::park_timeout(d);
+        let me = crate::current().id();
+        let mut p = self.paused.lock().unwrap_or_else(|e| e.into_inner());
+        p.retain(|f| f.id() != me);
+        self.any_paused.store(!p.is_empty(), Ordering::SeqCst);
+    }
+
+    fn wake_paused_acceptors(&self) {
+        if self.any_paused.load(Ordering::SeqCst) {
+            for f in self.paused.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                f.unpark();
+            }
+        }
+    }
+
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    fn stop(&self) {
+        if !self.stopping.swap(true, Ordering::AcqRel) {
+            self.wake_controller();
+        }
+    }
+
+    fn wake_controller(&self) {
+        if let Some(f) = &*self.controller.lock().unwrap_or_else(|e| e.into_inner()) {
+            f.unpark();
+        }
+    }
+
+    /// Shuts down connections: with `all`, every one in both directions;
+    /// otherwise the read side of those between requests. Runs under the
+    /// registry lock, which connections leave before closing, so each
+    /// descriptor is still theirs.
+    fn cut(&self, all: bool) -> usize {
+        let r = self.lock();
+        let mut n = 0;
+        for t in r.slots.iter().flatten() {
+            let (how, level) = if all {
+                (libc::SHUT_RDWR, 2)
+            } else if t.last_io.load(Ordering::Relaxed) != conn::READ {
+                (libc::SHUT_RD, 1)
+            } else {
+                continue;
+            };
+            if t.cut.load(Ordering::Relaxed) >= level {
+                continue;
+            }
+            t.cut.store(level, Ordering::Relaxed);
+            // SAFETY: the descriptor belongs to a live connection (it leaves
+            // the registry before it closes, under the lock we hold).
+            unsafe {
+                libc::shutdown(t.fd, how);
+            }
+            n += 1;
+        }
+        n
+    }
+
+    fn counters(&self) -> Counters {
+        let (bytes_in, bytes_out) = {
+            let r = self.lock();
+            let live = r.slots.iter().flatten();
+            let (i, o) = live.fold((0, 0), |(i, o), t| {
+                (
+                    i + t.bytes_in.load(Ordering::Relaxed),
+                    o + t.bytes_out.load(Ordering::Relaxed),
+                )
+            });
+            (r.closed_bytes_in + i, r.closed_bytes_out + o)
+        };
+        Counters {
+            accepted: self.accepted.load(Ordering::Relaxed),
+            active: self.active.load(Ordering::Relaxed) as u64,
+            closed: self.closed.load(Ordering::Relaxed),
+            rejected: self.rejected.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+            panics: self.panics.load(Ordering::Relaxed),
+            bytes_in,
+            bytes_out,
+        }
+    }
+}
+
+/// A snapshot of a server's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Connections accepted and handed to the handler.
+    pub accepted: u64,
+    /// Connections open now.
+    pub active: u64,
+    /// Connections whose handler has ended.
+    pub closed: u64,
+    /// Connections closed on arrival because of `max_connections`.
+    pub rejected: u64,
+    /// Handlers that returned `Err`.
+    pub errors: u64,
+    /// Handlers that panicked.
+    pub panics: u64,
+    /// Bytes read from connections.
+    pub bytes_in: u64,
+    /// Bytes written to connections.
+    pub bytes_out: u64,
+}
+
+/// What [`Server::serve`] returns after shutting down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Summary {
+    /// The counters at the end.
+    pub counters: Counters,
+    /// Connections cut at the end of the grace period.
+    pub cut_at_grace: u64,
+    /// Connection fibers still running when `serve` returned (their handlers
+    /// ignored the shutdown); normally zero.
+    pub still_open: u64,
+}
+
+/// Stops a server and reads its counters, from any thread or fiber.
+#[derive(Clone)]
+pub struct ServerHandle {
+    state: Arc<State>,
+}
+
+impl fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerHandle")
+            .field("stopping", &self.state.is_stopping())
+            .finish()
+    }
+}
+
+impl ServerHandle {
+    /// Starts a graceful shutdown (see the module docs); `serve` returns
+    /// when it is over.
+    pub fn stop(&self) {
+        self.state.stop();
+    }
+
+    /// True once a shutdown has started.
+    pub fn is_stopping(&self) -> bool {
+        self.state.is_stopping()
+    }
+
+    /// The counters now.
+    pub fn counters(&self) -> Counters {
+        self.state.counters()
+    }
+}
+
+/// A bound server, ready to [`serve`](Server::serve).
+pub struct Server {
+    runtime: Runtime,
+    listeners: Vec<Listener>,
+    state: Arc<State>,
+    handle_signals: bool,
+}
+
+impl fmt::Debug for Server {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server")
+            .field("listeners", &self.listeners)
+            .field("workers", &self.runtime.workers())
+            .finish()
+    }
+}
+
+impl Server {
+    /// A [`Builder`].
+    pub fn builder() -> Builder {
+        Builder::new()
+    }
+
+    /// The TCP addresses the server listens on (one per bind, with the port
+    /// the system chose for port 0).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        let mut v: Vec<SocketAddr> = self
+            .listeners
+            .iter()
+            .filter_map(|l| match l {
+                Listener::Tcp(t, _) => t.local_addr().ok(),
+                Listener::Unix(..) => None,
+            })
+            .collect();
+        v.dedup();
+        v
+    }
+
+    /// A handle to stop the server and read its counters.
+    pub fn handle(&self) -> ServerHandle {
+        ServerHandle {
+            state: self.state.clone(),
+        }
+    }
+
+    /// Serves connections with `handler`, one fiber per connection, until a
+    /// stop (handle or signal); then shuts down gracefully and returns.
+    ///
+    /// # Errors
+    ///
+    /// Fails only if signal handling cannot be set up.
+    pub fn serve<H>(self, handler: H) -> io::Result<Summary>
+    where
+        H: Fn(Conn) -> io::Result<()> + Send + Sync + 'static,
+    {
+        let Server {
+            runtime,
+            listeners,
+            state,
+            handle_signals,
+        } = self;
+        let signal_stream = if handle_signals {
+            Some(signals::install()?)
+        } else {
+            None
+        };
+        let handler = Arc::new(handler);
+        let rt_handle = runtime.handle();
+        let summary = runtime.block_on(move || {
+            *state.controller.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(crate::current());
+            let wakers: Vec<Wake> = listeners.iter().map(Listener::waker).collect();
+            let mut acceptors = Vec::new();
+            for l in listeners {
+                let pinned = match &l {
+                    Listener::Tcp(_, w) => *w,
+                    Listener::Unix(..) => None,
+                };
+                let st = state.clone();
+                let h = handler.clone();
+                let acceptor = move || accept_loop(l, st, h);
+                acceptors.push(match pinned {
+                    Some(w) => rt_handle.spawn_on_worker(w, acceptor),
+                    None => crate::spawn(acceptor),
+                });
+            }
+            let signal_fiber = signal_stream.map(|mut s| {
+                let st = state.clone();
+                let fd = s.as_raw_fd();
+                let f = crate::spawn(move || {
+                    if let Some(sig) = signals::wait(&mut s) {
+                        log::info!("received signal {sig}; shutting down gracefully");
+                        st.stop();
+                    }
+                });
+                (f, fd)
+            });
+            while !state.is_stopping() {
+                crate::park();
+            }
+            shutdown(&state, &wakers, acceptors, signal_fiber)
+        });
+        if handle_signals {
+            signals::uninstall();
+        }
+        Ok(summary)
+    }
+}
+
+fn shutdown(
+    state: &Arc<State>,
+    wakers: &[Wake],
+    acceptors: Vec<crate::JoinHandle<()>>,
+    signal_fiber: Option<(crate::JoinHandle<()>, i32)>,
+) -> Summary {
+    // 2. Wake the acceptors; they see `stopping` and return.
+    for w in wakers {
+        match w {
+            // SAFETY: the acceptors own these listeners until they return,
+            // which they only do after `stopping` is set (it is).
+            Wake::Shutdown(fd) => unsafe {
+                libc::shutdown(*fd, libc::SHUT_RDWR);
+            },
+            Wake::Connect(path) => {
+                let _ = crate::net::UnixStream::connect(path);
+            }
+        }
+    }
+    for a in acceptors {
+        let _ = a.join();
+    }
+    if let Some((f, fd)) = signal_fiber {
+        // SAFETY: the signal fiber owns this socket until it returns.
+        unsafe {
+            libc::shutdown(fd, libc::SHUT_RDWR);
+        }
+        let _ = f.join();
+    }
+    // 3. Close connections between requests; re-check every 10 ms.
+    let grace_end = Instant::now() + state.config.shutdown_grace;
+    while state.active.load(Ordering::Acquire) > 0 && Instant::now() < grace_end {
+        state.cut(false);
+        crate::park_timeout(Duration::from_millis(10).min(grace_end - Instant::now()));
+    }
+    // 4. Grace is over: cut everything left.
+    let cut_at_grace = if state.active.load(Ordering::Acquire) > 0 {
+        state.cut(true) as u64
+    } else {
+        0
+    };
+    // 5. Wait (bounded) for the handlers to notice.
+    let end = Instant::now() + Duration::from_secs(1);
+    while state.active.load(Ordering::Acquire) > 0 && Instant::now() < end {
+        crate::park_timeout(Duration::from_millis(10));
+    }
+    let counters = state.counters();
+    Summary {
+        counters,
+        cut_at_grace,
+        still_open: counters.active,
+    }
+}
+
+/// True for `accept` errors that mean "out of descriptors or memory".
+fn is_resource_exhaustion(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+fn accept_loop<H>(listener: Listener, state: Arc<State>, handler: Arc<H>)
+where
+    H: Fn(Conn) -> io::Result<()> + Send + Sync + 'static,
+{
+    let mut backoff = Duration::ZERO;
+    loop {
+        let accepted = match &listener {
+            Listener::Tcp(l, _) => l.accept().and_then(|(s, peer)| {
+                if state.is_stopping() {
+                    return Err(io::ErrorKind::Interrupted.into());
+                }
+                Conn::new_tcp(s, peer, state.clone())
+            }),
+            Listener::Unix(l, _) => l.accept().and_then(|(s, _)| {
+                if state.is_stopping() {
+                    return Err(io::ErrorKind::Interrupted.into());
+                }
+                Conn::new_unix(s, state.clone())
+            }),
+        };
+        if state.is_stopping() {
+            return;
+        }
+        match accepted {
+            Ok(conn) => {
+                if !backoff.is_zero() {
+                    log::info!("accepting connections again");
+                    backoff = Duration::ZERO;
+                }
+                if state.active.load(Ordering::Relaxed) >= state.config.max_connections {
+                    state.rejected.fetch_add(1, Ordering::Relaxed);
+                    drop(conn);
+                    continue;
+                }
+                state.accepted.fetch_add(1, Ordering::Relaxed);
+                state.active.fetch_add(1, Ordering::AcqRel);
+                spawn_connection(conn, &state, &handler);
+            }
+            Err(e) if is_resource_exhaustion(&e) => {
+                if backoff.is_zero() {
+                    log::warn!(
+                        "accept: {e}; backing off (open connections keep being served)"
+                    );
+                    backoff = Duration::from_millis(1);
+                } else {
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+                state.pause_acceptor(backoff);
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionAborted
+                        | io::ErrorKind::Interrupted
+                        | io::ErrorKind::ConnectionReset
+                ) => {}
+            Err(e) => {
+                log::error!("accept: {e}");
+                crate::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+/// Decrements `active` and counts the close however the fiber ends (even
+/// if it never ran because the runtime shut down).
+struct ActiveGuard(Arc<State>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.closed.fetch_add(1, Ordering::Relaxed);
+        self.0.wake_paused_acceptors();
+        if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 && self.0.is_stopping() {
+            self.0.wake_controller();
+        }
+    }
+}
+
+fn spawn_connection<H>(conn: Conn, state: &Arc<State>, handler: &Arc<H>)
+where
+    H: Fn(Conn) -> io::Result<()> + Send + Sync + 'static,
+{
+    let guard = ActiveGuard(state.clone());
+    let handler = handler.clone();
+    let state = state.clone();
+    let peer = conn.peer_addr().clone();
+    let name = format!("conn {peer}");
+    let spawned = crate::fiber::Builder::new()
+        .name(name.clone())
+        .spawn(move || {
+            let _guard = guard;
+            match panic::catch_unwind(AssertUnwindSafe(|| handler(conn))) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    state.errors.fetch_add(1, Ordering::Relaxed);
+                    let quiet = matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionReset
+                            | io::ErrorKind::BrokenPipe
+                            | io::ErrorKind::UnexpectedEof
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::NotConnected
+                    );
+                    if quiet {
+                        log::debug!("connection {peer} (fiber 'conn {peer}'): {e}");
+                    } else {
+                        log::warn!("connection {peer} (fiber 'conn {peer}'): handler error: {e}");
+                    }
+                }
+                Err(payload) => {
+                    state.panics.fetch_add(1, Ordering::Relaxed);
+                    let msg = payload
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| payload.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "non-string panic payload".to_string());
+                    log::error!("connection {peer} (fiber 'conn {peer}'): handler panicked: {msg}");
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        log::error!("cannot spawn fiber '{name}': {e}");
+    }
+}
