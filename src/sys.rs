@@ -52,10 +52,17 @@ pub(crate) fn coarse_now() -> Duration {
 
 /// Waits on a plain (non-fiber) thread until `fd` is ready for `events`
 /// (`POLLIN`/`POLLOUT`) or `timeout` passes. Returns `Ok(false)` on timeout.
-pub(crate) fn poll_fd(fd: i32, events: libc::c_short, timeout: Option<Duration>) -> io::Result<bool> {
+pub(crate) fn poll_fd(
+    fd: i32,
+    events: libc::c_short,
+    timeout: Option<Duration>,
+) -> io::Result<bool> {
     let ms = match timeout {
         None => -1,
-        Some(d) => d.as_millis().min(i32::MAX as u128) as i32 + i32::from(d.subsec_nanos() % 1_000_000 != 0),
+        Some(d) => {
+            d.as_millis().min(i32::MAX as u128) as i32
+                + i32::from(d.subsec_nanos() % 1_000_000 != 0)
+        }
     };
     let mut pfd = libc::pollfd {
         fd,

@@ -53,6 +53,11 @@ fn ten_thousand_connect_close_cycles_leak_nothing() {
             weave::yield_now();
         }
         assert_eq!(handle.live_fibers(), 1, "fibers left behind");
-        assert!(open_fds() <= fds_before, "descriptors leaked: {} -> {}", fds_before, open_fds());
+        assert!(
+            open_fds() <= fds_before,
+            "descriptors leaked: {} -> {}",
+            fds_before,
+            open_fds()
+        );
     });
 }

@@ -231,7 +231,10 @@ fn udp_round_trip_and_timeout() {
         }
         server.join().unwrap();
         a.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
-        assert_eq!(a.recv(&mut [0u8; 4]).unwrap_err().kind(), ErrorKind::TimedOut);
+        assert_eq!(
+            a.recv(&mut [0u8; 4]).unwrap_err().kind(),
+            ErrorKind::TimedOut
+        );
     });
 }
 

@@ -33,6 +33,7 @@ fn child_entry() {
 
 fn overflow() {
     #[inline(never)]
+    #[allow(unconditional_recursion)] // overflowing the stack is the point
     fn recurse(depth: u64, buf: &mut [u8; 1024]) -> u64 {
         let mut local = [depth as u8; 1024];
         local[0] = buf[1];
@@ -66,6 +67,7 @@ fn panic_named() {
 }
 
 fn cpu_time() -> Duration {
+    // SAFETY: an all-zero rusage is valid.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: getrusage fills the struct we own.
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
@@ -78,7 +80,7 @@ fn idle() {
     // Some activity first, then quiet, with a timer armed on a parked fiber.
     rt.block_on(|| {
         for _ in 0..100 {
-            weave::spawn(|| weave::yield_now()).join().unwrap();
+            weave::spawn(weave::yield_now).join().unwrap();
         }
     });
     let _sleeper = rt.spawn(|| weave::sleep(Duration::from_secs(30)));
@@ -100,7 +102,8 @@ fn stack_overflow_aborts_with_a_clear_message() {
         out.status
     );
     assert!(
-        stderr.contains("fiber 'deep-recursion'") && stderr.contains("overflowed its stack of 65536 bytes"),
+        stderr.contains("fiber 'deep-recursion'")
+            && stderr.contains("overflowed its stack of 65536 bytes"),
         "missing overflow message; stderr:\n{stderr}"
     );
     assert!(!String::from_utf8_lossy(&out.stdout).contains("child survived"));
@@ -122,7 +125,11 @@ fn panic_message_names_the_fiber() {
 fn idle_runtime_uses_almost_no_cpu() {
     let out = run_child("idle");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "child failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "child failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let us: u64 = stdout
         .lines()
         .find_map(|l| l.split("IDLE_CPU_US=").nth(1))

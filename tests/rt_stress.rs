@@ -224,7 +224,10 @@ fn stress_million_fibers_no_leak() {
             }
             sum
         });
-        assert_eq!(sum, BATCHES as u64 * (BATCH as u64 * (BATCH as u64 - 1) / 2));
+        assert_eq!(
+            sum,
+            BATCHES as u64 * (BATCH as u64 * (BATCH as u64 - 1) / 2)
+        );
         assert_eq!(rt.live_fibers(), 0);
         let after = resident_bytes();
         let grown = after.saturating_sub(before);

@@ -146,7 +146,10 @@ fn panicking_handler_only_drops_its_client() {
         })
         .collect();
     let mut bad = BufReader::new(TcpStream::connect(addr).unwrap());
-    assert!(request(&mut bad, "panic").is_err(), "the panicking connection must close");
+    assert!(
+        request(&mut bad, "panic").is_err(),
+        "the panicking connection must close"
+    );
     for th in threads {
         th.join().unwrap();
     }
@@ -187,7 +190,9 @@ fn max_connections_rejects_extras_and_keeps_existing() {
     assert_eq!(request(&mut a, "a").unwrap(), "a");
     assert_eq!(request(&mut b, "b").unwrap(), "b");
     let mut extra = TcpStream::connect(addr).unwrap();
-    extra.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    extra
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     let mut buf = [0u8; 1];
     let n = extra.read(&mut buf).unwrap_or(0);
     assert_eq!(n, 0, "an over-limit connection is closed");

@@ -43,7 +43,10 @@ fn child_entry() {
         .unwrap();
     println!("PORT={}", server.local_addrs()[0].port());
     let summary = server.serve(line_handler).unwrap();
-    println!("SUMMARY accepted={} still_open={}", summary.counters.accepted, summary.still_open);
+    println!(
+        "SUMMARY accepted={} still_open={}",
+        summary.counters.accepted, summary.still_open
+    );
     assert!(!scenario.is_empty());
 }
 
@@ -139,7 +142,8 @@ fn emfile_backs_off_keeps_serving_and_recovers() {
     let mut clients: Vec<BufReader<TcpStream>> = (0..CLIENTS)
         .map(|_| {
             let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-            s.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(1500)))
+                .unwrap();
             BufReader::new(s)
         })
         .collect();
@@ -158,7 +162,10 @@ fn emfile_backs_off_keeps_serving_and_recovers() {
         }
     }
     assert!(!answered.is_empty(), "the server answered nobody");
-    assert!(answered.len() < CLIENTS, "the descriptor limit was never reached");
+    assert!(
+        answered.len() < CLIENTS,
+        "the descriptor limit was never reached"
+    );
     // Saturated: the served clients still work, and the server does not spin.
     let t0 = cpu_ticks(child.0.id());
     let wall = Instant::now();
@@ -180,7 +187,10 @@ fn emfile_backs_off_keeps_serving_and_recovers() {
     // Free descriptors: the waiting clients get served.
     let waiting: Vec<usize> = (0..CLIENTS).filter(|i| !answered.contains(i)).collect();
     for &i in &answered {
-        clients[i].get_mut().shutdown(std::net::Shutdown::Both).unwrap();
+        clients[i]
+            .get_mut()
+            .shutdown(std::net::Shutdown::Both)
+            .unwrap();
     }
     for &i in &waiting {
         clients[i]
@@ -189,9 +199,16 @@ fn emfile_backs_off_keeps_serving_and_recovers() {
             .unwrap();
         let mut line = String::new();
         clients[i].read_line(&mut line).unwrap();
-        assert_eq!(line, format!("c{i}\n"), "backlogged client {i} was never served");
+        assert_eq!(
+            line,
+            format!("c{i}\n"),
+            "backlogged client {i} was never served"
+        );
         // Leave, so the next one in the backlog gets a descriptor too.
-        clients[i].get_mut().shutdown(std::net::Shutdown::Both).unwrap();
+        clients[i]
+            .get_mut()
+            .shutdown(std::net::Shutdown::Both)
+            .unwrap();
     }
     drop(clients);
     // SAFETY: signalling our own child by pid.

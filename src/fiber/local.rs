@@ -57,7 +57,11 @@ impl<T: 'static> LocalKey<T> {
                 }
                 // SAFETY: as above; the boxed value's address is stable until
                 // the fiber ends, because entries are never removed before.
-                unsafe { (&(*map))[&key].downcast_ref::<T>().expect("fiber-local type") }
+                unsafe {
+                    (&(*map))[&key]
+                        .downcast_ref::<T>()
+                        .expect("fiber-local type")
+                }
             }
             None => THREAD_LOCALS.with(|m| {
                 if !m.borrow().contains_key(&key) {
@@ -78,10 +82,11 @@ impl<T: 'static> LocalKey<T> {
 /// Drops the running fiber's locals, on the fiber, as its body ends.
 pub(crate) fn clear_current() {
     let fiber = context::with_worker(|w| w.map_or(std::ptr::null(), |w| w.current.get()));
-    // SAFETY: non-null is the running fiber; its map is only touched by its
-    // own code. The map is moved out first so destructors that use other
-    // fiber-locals see a valid (fresh) map.
+    // SAFETY: non-null is the running fiber, alive while it runs.
     if let Some(fiber) = unsafe { fiber.as_ref() } {
+        // SAFETY: the map is only touched by the fiber's own code, which is
+        // this code. It is moved out first so destructors that use other
+        // fiber-locals see a valid (fresh) map.
         let old = unsafe { std::mem::take(&mut *fiber.locals.get()) };
         drop(old);
     }

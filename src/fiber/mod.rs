@@ -108,7 +108,7 @@ pub fn try_current() -> Option<Fiber> {
 /// resumes it. Does nothing during runtime shutdown, when suspended stacks
 /// are being unwound and must not suspend again.
 fn switch_out(fiber: *const RawFiber, why: Switch) {
-    if context::with_worker(|w| w.is_some_and(|w| w.shutting_down.get())) {
+    if shutting_down() {
         return;
     }
     // SAFETY: `fiber` is the fiber running on this thread (the worker holds a
@@ -118,6 +118,10 @@ fn switch_out(fiber: *const RawFiber, why: Switch) {
         let yielder = &**(*fiber).yielder.get();
         yielder.suspend(why);
     }
+}
+
+fn shutting_down() -> bool {
+    context::with_worker(|w| w.is_some_and(|w| w.shutting_down.get()))
 }
 
 fn running() -> *const RawFiber {
@@ -288,7 +292,11 @@ impl Builder {
         };
         let body = Box::new(move || {
             let mut completer = completer;
-            let result = panic::catch_unwind(AssertUnwindSafe(f));
+            let mut result = panic::catch_unwind(AssertUnwindSafe(f));
+            if result.is_err() && shutting_down() {
+                // The runtime unwound this fiber's stack while dropping it.
+                result = Err(Box::new(Cancelled));
+            }
             local::clear_current();
             completer.complete(result);
         });

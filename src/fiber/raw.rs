@@ -228,15 +228,6 @@ impl Unparker {
             Unparker::Thread(t) => t.unpark(),
         }
     }
-
-    /// True if both wake the same fiber or thread.
-    pub(crate) fn same(&self, other: &Unparker) -> bool {
-        match (self, other) {
-            (Unparker::Fiber(a), Unparker::Fiber(b)) => Arc::ptr_eq(a, b),
-            (Unparker::Thread(a), Unparker::Thread(b)) => a.id() == b.id(),
-            _ => false,
-        }
-    }
 }
 
 impl std::fmt::Debug for Unparker {

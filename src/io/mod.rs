@@ -259,7 +259,10 @@ impl<S: mio::event::Source + AsRawFd> IoSource<S> {
     fn wait(&self, dir: Direction, deadline: Option<Instant>) -> io::Result<()> {
         if let Some(d) = deadline {
             if Instant::now() >= d {
-                return Err(io::Error::new(io::ErrorKind::TimedOut, "operation timed out"));
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "operation timed out",
+                ));
             }
         }
         let Some(fiber) = context::current_fiber() else {
@@ -276,7 +279,10 @@ impl<S: mio::event::Source + AsRawFd> IoSource<S> {
             crate::fiber::park_until(deadline);
             if deadline.is_some_and(|d| Instant::now() >= d) && !reg.io.is_ready(dir) {
                 reg.io.remove_waiter(dir, &fiber);
-                return Err(io::Error::new(io::ErrorKind::TimedOut, "operation timed out"));
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "operation timed out",
+                ));
             }
         }
         Ok(())

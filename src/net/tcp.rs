@@ -173,7 +173,13 @@ impl TcpListener {
 fn bind_and_listen(fd: RawFd, addr: &SocketAddr) -> io::Result<()> {
     let (storage, len) = sockaddr_of(addr);
     // SAFETY: `storage` holds a valid sockaddr of `len` bytes.
-    unsafe { crate::sys::syscall!(bind(fd, (&storage as *const libc::sockaddr_storage).cast(), len)) }?;
+    unsafe {
+        crate::sys::syscall!(bind(
+            fd,
+            (&storage as *const libc::sockaddr_storage).cast(),
+            len
+        ))
+    }?;
     // SAFETY: `fd` is a bound stream socket.
     unsafe { crate::sys::syscall!(listen(fd, 1024)) }?;
     Ok(())
@@ -416,7 +422,9 @@ impl TcpStream {
     /// `recv(2)` errors, or `TimedOut`.
     pub fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
         self.io
-            .do_io(Direction::Read, self.read_timeout.deadline(), |s| s.peek(buf))
+            .do_io(Direction::Read, self.read_timeout.deadline(), |s| {
+                s.peek(buf)
+            })
     }
 
     /// Takes the pending socket error (`SO_ERROR`).
@@ -446,24 +454,30 @@ impl TcpStream {
 
     fn read_inner(&self, buf: &mut [u8]) -> io::Result<usize> {
         self.io
-            .do_io(Direction::Read, self.read_timeout.deadline(), |mut s| s.read(buf))
+            .do_io(Direction::Read, self.read_timeout.deadline(), |mut s| {
+                s.read(buf)
+            })
     }
 
     fn read_vectored_inner(&self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
-        self.io.do_io(Direction::Read, self.read_timeout.deadline(), |mut s| {
-            s.read_vectored(bufs)
-        })
+        self.io
+            .do_io(Direction::Read, self.read_timeout.deadline(), |mut s| {
+                s.read_vectored(bufs)
+            })
     }
 
     fn write_inner(&self, buf: &[u8]) -> io::Result<usize> {
         self.io
-            .do_io(Direction::Write, self.write_timeout.deadline(), |mut s| s.write(buf))
+            .do_io(Direction::Write, self.write_timeout.deadline(), |mut s| {
+                s.write(buf)
+            })
     }
 
     fn write_vectored_inner(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        self.io.do_io(Direction::Write, self.write_timeout.deadline(), |mut s| {
-            s.write_vectored(bufs)
-        })
+        self.io
+            .do_io(Direction::Write, self.write_timeout.deadline(), |mut s| {
+                s.write_vectored(bufs)
+            })
     }
 }
 

@@ -75,7 +75,9 @@ impl UdpSocket {
     /// `recvfrom(2)` errors, or `TimedOut`.
     pub fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
         self.io
-            .do_io(Direction::Read, self.read_timeout.deadline(), |s| s.recv_from(buf))
+            .do_io(Direction::Read, self.read_timeout.deadline(), |s| {
+                s.recv_from(buf)
+            })
     }
 
     /// Like [`recv_from`](Self::recv_from), leaving the datagram queued.
@@ -85,7 +87,9 @@ impl UdpSocket {
     /// As [`recv_from`](Self::recv_from).
     pub fn peek_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
         self.io
-            .do_io(Direction::Read, self.read_timeout.deadline(), |s| s.peek_from(buf))
+            .do_io(Direction::Read, self.read_timeout.deadline(), |s| {
+                s.peek_from(buf)
+            })
     }
 
     /// Sets the default peer for [`send`](Self::send) and filters
@@ -106,7 +110,9 @@ impl UdpSocket {
     /// `TimedOut`.
     pub fn send(&self, buf: &[u8]) -> io::Result<usize> {
         self.io
-            .do_io(Direction::Write, self.write_timeout.deadline(), |s| s.send(buf))
+            .do_io(Direction::Write, self.write_timeout.deadline(), |s| {
+                s.send(buf)
+            })
     }
 
     /// Receives from the connected peer.
@@ -116,7 +122,9 @@ impl UdpSocket {
     /// `recv(2)` errors, or `TimedOut`.
     pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         self.io
-            .do_io(Direction::Read, self.read_timeout.deadline(), |s| s.recv(buf))
+            .do_io(Direction::Read, self.read_timeout.deadline(), |s| {
+                s.recv(buf)
+            })
     }
 
     /// The local address.

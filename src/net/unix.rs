@@ -202,24 +202,30 @@ impl UnixStream {
 
     fn read_inner(&self, buf: &mut [u8]) -> io::Result<usize> {
         self.io
-            .do_io(Direction::Read, self.read_timeout.deadline(), |mut s| s.read(buf))
+            .do_io(Direction::Read, self.read_timeout.deadline(), |mut s| {
+                s.read(buf)
+            })
     }
 
     fn read_vectored_inner(&self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
-        self.io.do_io(Direction::Read, self.read_timeout.deadline(), |mut s| {
-            s.read_vectored(bufs)
-        })
+        self.io
+            .do_io(Direction::Read, self.read_timeout.deadline(), |mut s| {
+                s.read_vectored(bufs)
+            })
     }
 
     fn write_inner(&self, buf: &[u8]) -> io::Result<usize> {
         self.io
-            .do_io(Direction::Write, self.write_timeout.deadline(), |mut s| s.write(buf))
+            .do_io(Direction::Write, self.write_timeout.deadline(), |mut s| {
+                s.write(buf)
+            })
     }
 
     fn write_vectored_inner(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        self.io.do_io(Direction::Write, self.write_timeout.deadline(), |mut s| {
-            s.write_vectored(bufs)
-        })
+        self.io
+            .do_io(Direction::Write, self.write_timeout.deadline(), |mut s| {
+                s.write_vectored(bufs)
+            })
     }
 }
 

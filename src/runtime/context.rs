@@ -58,7 +58,10 @@ pub(crate) fn in_fiber() -> bool {
 /// Marks this thread as running `worker` until the guard drops.
 pub(crate) fn enter(worker: &Worker) -> EnterGuard {
     WORKER.with(|w| {
-        assert!(w.get().is_null(), "a weave worker is already running on this thread");
+        assert!(
+            w.get().is_null(),
+            "a weave worker is already running on this thread"
+        );
         w.set(worker);
     });
     EnterGuard(())

@@ -456,9 +456,11 @@ impl Handle {
     /// The handle of the runtime the caller runs on, if it runs on a fiber
     /// or worker thread.
     pub fn try_current() -> Option<Handle> {
-        context::with_worker(|w| w.map(|w| Handle {
-            shared: w.shared.clone(),
-        }))
+        context::with_worker(|w| {
+            w.map(|w| Handle {
+                shared: w.shared.clone(),
+            })
+        })
     }
 
     /// The runtime the caller runs on, else the default runtime (started on

@@ -351,7 +351,10 @@ impl Worker {
         // guard page itself.
         let guard_lo = corosensei::stack::Stack::limit(&stack).get();
         fiber.guard.0.store(guard_lo, Ordering::Relaxed);
-        fiber.guard.1.store(guard_lo + page_size(), Ordering::Relaxed);
+        fiber
+            .guard
+            .1
+            .store(guard_lo + page_size(), Ordering::Relaxed);
         let me: *const RawFiber = Arc::as_ptr(fiber);
         let me = me as usize;
         let co: FiberCoroutine = Coroutine::with_stack(stack, move |yielder, ()| {

@@ -76,11 +76,7 @@ impl fmt::Debug for Conn {
 }
 
 impl Conn {
-    pub(crate) fn new_tcp(
-        s: TcpStream,
-        peer: SocketAddr,
-        state: Arc<State>,
-    ) -> io::Result<Conn> {
+    pub(crate) fn new_tcp(s: TcpStream, peer: SocketAddr, state: Arc<State>) -> io::Result<Conn> {
         if let Some(idle) = state.config.idle_timeout {
             s.set_read_timeout(Some(idle))?;
             s.set_write_timeout(Some(idle))?;
@@ -101,7 +97,12 @@ impl Conn {
             Err(_) => "unnamed".to_string(),
         };
         let fd = s.as_raw_fd();
-        Ok(Conn::track(Stream::Unix(s), PeerAddr::Unix(peer), fd, state))
+        Ok(Conn::track(
+            Stream::Unix(s),
+            PeerAddr::Unix(peer),
+            fd,
+            state,
+        ))
     }
 
     fn track(stream: Stream, peer: PeerAddr, fd: RawFd, state: Arc<State>) -> Conn {
@@ -193,7 +194,9 @@ impl Conn {
     fn note_read(&self, r: &io::Result<usize>) {
         if let Ok(n) = r {
             if *n > 0 {
-                self.tracked.bytes_in.fetch_add(*n as u64, Ordering::Relaxed);
+                self.tracked
+                    .bytes_in
+                    .fetch_add(*n as u64, Ordering::Relaxed);
                 self.tracked.last_io.store(READ, Ordering::Relaxed);
             }
         }
@@ -201,7 +204,9 @@ impl Conn {
 
     fn note_write(&self, r: &io::Result<usize>) {
         if let Ok(n) = r {
-            self.tracked.bytes_out.fetch_add(*n as u64, Ordering::Relaxed);
+            self.tracked
+                .bytes_out
+                .fetch_add(*n as u64, Ordering::Relaxed);
             self.tracked.last_io.store(WROTE, Ordering::Relaxed);
         }
     }

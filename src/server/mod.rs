@@ -223,9 +223,7 @@ impl Builder {
         for spec in &self.binds {
             match spec {
                 BindSpec::Tcp(s) => bind_tcp(s.as_str(), self.reuseport, workers, &mut listeners)?,
-                BindSpec::TcpAddrs(a) => {
-                    bind_tcp(&a[..], self.reuseport, workers, &mut listeners)?
-                }
+                BindSpec::TcpAddrs(a) => bind_tcp(&a[..], self.reuseport, workers, &mut listeners)?,
                 BindSpec::Unix(p) => {
                     listeners.push(Listener::Unix(UnixListener::bind(p)?, p.clone()))
                 }
@@ -264,7 +262,10 @@ fn bind_tcp(
         let port_addr = first.local_addr()?;
         out.push(Listener::Tcp(first, Some(0)));
         for w in 1..workers {
-            out.push(Listener::Tcp(TcpListener::bind_reuseport(port_addr)?, Some(w)));
+            out.push(Listener::Tcp(
+                TcpListener::bind_reuseport(port_addr)?,
+                Some(w),
+            ));
         }
     }
     Ok(())
@@ -597,8 +598,7 @@ impl Server {
         let handler = Arc::new(handler);
         let rt_handle = runtime.handle();
         let summary = runtime.block_on(move || {
-            *state.controller.lock().unwrap_or_else(|e| e.into_inner()) =
-                Some(crate::current());
+            *state.controller.lock().unwrap_or_else(|e| e.into_inner()) = Some(crate::current());
             let wakers: Vec<Wake> = listeners.iter().map(Listener::waker).collect();
             let mut acceptors = Vec::new();
             for l in listeners {
@@ -739,9 +739,7 @@ where
             }
             Err(e) if is_resource_exhaustion(&e) => {
                 if backoff.is_zero() {
-                    log::warn!(
-                        "accept: {e}; backing off (open connections keep being served)"
-                    );
+                    log::warn!("accept: {e}; backing off (open connections keep being served)");
                     backoff = Duration::from_millis(1);
                 } else {
                     backoff = (backoff * 2).min(Duration::from_secs(1));

@@ -51,7 +51,10 @@ impl<T> Timers<T> {
         let slot = match self.free.pop() {
             Some(s) => s,
             None => {
-                self.slots.push(Slot { gen: 0, value: None });
+                self.slots.push(Slot {
+                    gen: 0,
+                    value: None,
+                });
                 (self.slots.len() - 1) as u32
             }
         };
@@ -172,7 +175,11 @@ mod tests {
             let k = t.insert(t0 + Duration::from_secs(30), i);
             t.cancel(k);
         }
-        assert!(t.heap.len() <= 2 * t.live + 65, "heap grew to {}", t.heap.len());
+        assert!(
+            t.heap.len() <= 2 * t.live + 65,
+            "heap grew to {}",
+            t.heap.len()
+        );
         assert_eq!(t.cancel(keep), Some(0));
     }
 }

@@ -42,4 +42,3 @@ pub fn sleep_until(deadline: Instant) {
         park_until(Some(deadline));
     }
 }
-
