@@ -48,7 +48,7 @@
 //!
 //! **A started fiber never changes thread.** New fibers may be stolen by an
 //! idle worker before they first run; after that they stay on their worker
-//! (see [`runtime`](crate::runtime) for why). So `Rc`, `RefCell` borrows and
+//! (see [`runtime`] for why). So `Rc`, `RefCell` borrows and
 //! `thread_local!` values held across a park are sound.
 //!
 //! **`thread_local!` is per thread, not per fiber.** Many fibers share a

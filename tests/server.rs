@@ -232,3 +232,31 @@ fn unix_socket_server() {
     assert_eq!(t.join().unwrap().counters.accepted, 1);
     std::fs::remove_file(&path).unwrap();
 }
+
+#[test]
+fn port_held_by_another_listener_is_refused() {
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = holder.local_addr().unwrap();
+    let err = Server::builder()
+        .bind(addr.to_string())
+        .workers(2)
+        .handle_signals(false)
+        .build()
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::AddrInUse);
+    // Nor can a second weave server share a port the first one holds.
+    let first = Server::builder()
+        .bind("127.0.0.1:0")
+        .workers(2)
+        .handle_signals(false)
+        .build()
+        .unwrap();
+    let taken = first.local_addrs()[0];
+    let err = Server::builder()
+        .bind(taken.to_string())
+        .workers(2)
+        .handle_signals(false)
+        .build()
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::AddrInUse);
+}

@@ -338,6 +338,7 @@ impl<S: mio::event::Source + AsRawFd> Drop for IoSource<S> {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .push(token_ref);
+            remote.any_released.store(true, Ordering::Release);
         }
     }
 }

@@ -85,6 +85,8 @@ pub(crate) struct Remote {
     /// I/O registrations dropped on other threads, freed by the worker between
     /// two event batches (see [`crate::io`]).
     pub(crate) released: Mutex<Vec<Arc<ScheduledIo>>>,
+    /// Set after pushing to `released`, so the worker locks only when needed.
+    pub(crate) any_released: AtomicBool,
 }
 
 impl Remote {
@@ -261,6 +263,7 @@ impl Builder {
                 registry,
                 sleeping: AtomicBool::new(false),
                 released: Mutex::new(Vec::new()),
+                any_released: AtomicBool::new(false),
             });
             polls.push(poll);
             locals.push(local);

@@ -257,9 +257,13 @@ fn bind_tcp(
             out.push(Listener::Tcp(TcpListener::bind(addr)?, None));
             continue;
         }
-        // The first bind picks the port (when 0); the others share it.
-        let first = TcpListener::bind_reuseport(addr)?;
-        let port_addr = first.local_addr()?;
+        // `SO_REUSEPORT` would let us join a port that another process
+        // holds with the same option, silently sharing its traffic. A plain
+        // bind first fails with `AddrInUse` in that case (and picks the port
+        // when it is 0); the window between the probe and the real binds is
+        // the only gap.
+        let port_addr = std::net::TcpListener::bind(addr)?.local_addr()?;
+        let first = TcpListener::bind_reuseport(port_addr)?;
         out.push(Listener::Tcp(first, Some(0)));
         for w in 1..workers {
             out.push(Listener::Tcp(

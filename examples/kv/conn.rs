@@ -1,0 +1,525 @@
+//! Per-connection plumbing: the shared server context, a buffered
+//! connection with bounded input and batched output, and the entry point
+//! that picks the protocol from the first byte.
+
+use std::io::{self, Read, Write};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::store::Store;
+use crate::{binary, text};
+
+/// Version string reported by `version` and `stats`.
+pub const VERSION: &str = concat!("1.6.0-weave-kv-", env!("CARGO_PKG_VERSION"));
+
+/// Initial input buffer size per connection.
+const INPUT_INITIAL: usize = 16 * 1024;
+/// Output is written once this much is queued, even mid-request.
+const OUTPUT_FLUSH_AT: usize = 256 * 1024;
+/// A connection that has read this much (a request counts as 1 KiB)
+/// without yielding lets the other fibers on its worker run.
+const YIELD_EVERY: usize = 1 << 20;
+/// Values at least this big are written straight from the item instead of
+/// being copied into the output buffer.
+const DIRECT_VALUE: usize = 32 * 1024;
+
+/// Server-wide state shared by every connection.
+#[derive(Debug)]
+pub struct Ctx {
+    /// The items.
+    pub store: Arc<Store>,
+    /// Largest value accepted, in bytes (`-I`).
+    pub item_max: usize,
+    /// Worker threads (reported by `stats`).
+    pub threads: usize,
+    /// Connection limit (reported by `stats`).
+    pub max_conns: usize,
+    /// Verbosity as set by `-v` or the `verbosity` command.
+    pub verbosity: AtomicU32,
+    /// When the server started.
+    pub started: Instant,
+    /// Connections open now.
+    pub curr_conns: AtomicU64,
+    /// Connections ever opened.
+    pub total_conns: AtomicU64,
+    /// Bytes read from clients.
+    pub bytes_read: AtomicU64,
+    /// Bytes written to clients.
+    pub bytes_written: AtomicU64,
+}
+
+impl Ctx {
+    /// A context around `store` with default limits (tests adjust fields).
+    pub fn new(store: Arc<Store>, item_max: usize) -> Ctx {
+        store.set_item_max(item_max);
+        Ctx {
+            store,
+            item_max,
+            threads: 1,
+            max_conns: 1024,
+            verbosity: AtomicU32::new(0),
+            started: Instant::now(),
+            curr_conns: AtomicU64::new(0),
+            total_conns: AtomicU64::new(0),
+            bytes_read: AtomicU64::new(0),
+            bytes_written: AtomicU64::new(0),
+        }
+    }
+}
+
+/// A connection with a bounded input buffer and an output buffer that is
+/// written when more input is needed (so a pipeline of requests gets one
+/// write), or when it grows past a threshold.
+#[derive(Debug)]
+pub struct Conn<'a, S> {
+    stream: S,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    out: Vec<u8>,
+    ctx: &'a Ctx,
+    /// Bytes read since this connection last yielded.
+    unyielded: usize,
+}
+
+impl<'a, S: Read + Write> Conn<'a, S> {
+    /// Wraps a stream.
+    pub fn new(stream: S, ctx: &'a Ctx) -> Self {
+        Conn {
+            stream,
+            buf: vec![0; INPUT_INITIAL],
+            start: 0,
+            end: 0,
+            out: Vec::with_capacity(4096),
+            ctx,
+            unyielded: 0,
+        }
+    }
+
+    /// Buffered input not yet consumed.
+    pub fn data(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    /// Marks `n` buffered bytes as consumed.
+    pub fn consume(&mut self, n: usize) {
+        debug_assert!(n <= self.end - self.start);
+        self.start += n;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// Writes queued output, then reads more input. The buffer grows (up to
+    /// `max` bytes) only when it is full of one unfinished request; callers
+    /// enforce their own request-size limits before asking for more.
+    /// Returns false at end of stream.
+    pub fn fill(&mut self, max: usize) -> io::Result<bool> {
+        self.flush()?;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+            if self.buf.len() > INPUT_INITIAL {
+                self.buf = vec![0; INPUT_INITIAL];
+            }
+        } else if self.start > 0 && self.buf.len() - self.end < self.buf.len() / 4 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.end == self.buf.len() {
+            let want = (self.buf.len() * 2).min(max.max(self.buf.len()));
+            if want == self.buf.len() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "request larger than the input buffer limit",
+                ));
+            }
+            self.buf.resize(want, 0);
+        }
+        let n = loop {
+            match self.stream.read(&mut self.buf[self.end..]) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        };
+        self.read_done(n);
+        self.end += n;
+        Ok(n > 0)
+    }
+
+    /// Counts bytes read; a client that streams input faster than it is
+    /// processed would otherwise never make its fiber park, so every
+    /// [`YIELD_EVERY`] bytes the fiber yields to its worker's other fibers.
+    fn read_done(&mut self, n: usize) {
+        self.ctx.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
+        self.unyielded += n;
+        if self.unyielded >= YIELD_EVERY {
+            self.unyielded = 0;
+            weave::yield_now();
+        }
+    }
+
+    /// Fills `dst` from buffered input, then straight from the stream.
+    /// Returns false on end of stream.
+    pub fn read_exact_into(&mut self, dst: &mut [u8]) -> io::Result<bool> {
+        let have = (self.end - self.start).min(dst.len());
+        dst[..have].copy_from_slice(&self.buf[self.start..self.start + have]);
+        self.consume(have);
+        let mut got = have;
+        if got < dst.len() {
+            self.flush()?;
+        }
+        while got < dst.len() {
+            match self.stream.read(&mut dst[got..]) {
+                Ok(0) => return Ok(false),
+                Ok(n) => {
+                    self.read_done(n);
+                    got += n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Reads and drops `n` bytes of input with bounded memory. Returns false
+    /// on end of stream.
+    pub fn discard(&mut self, mut n: u64) -> io::Result<bool> {
+        loop {
+            let have = ((self.end - self.start) as u64).min(n);
+            self.consume(have as usize);
+            n -= have;
+            if n == 0 {
+                return Ok(true);
+            }
+            if !self.fill(INPUT_INITIAL)? {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// Queues reply bytes.
+    pub fn put(&mut self, b: &[u8]) {
+        self.out.extend_from_slice(b);
+    }
+
+    /// Queues a value: large ones are written directly after flushing.
+    pub fn put_value(&mut self, v: &[u8]) -> io::Result<()> {
+        if v.len() >= DIRECT_VALUE {
+            self.flush()?;
+            self.stream.write_all(v)?;
+            self.ctx
+                .bytes_written
+                .fetch_add(v.len() as u64, Ordering::Relaxed);
+        } else {
+            self.out.extend_from_slice(v);
+        }
+        Ok(())
+    }
+
+    /// Writes queued output if it has grown past the threshold.
+    pub fn maybe_flush(&mut self) -> io::Result<()> {
+        if self.out.len() >= OUTPUT_FLUSH_AT {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Counts one request towards the fairness budget (see
+    /// [`YIELD_EVERY`]): a long pipeline of small requests yields too.
+    pub fn request_done(&mut self) {
+        self.unyielded += 1024;
+        if self.unyielded >= YIELD_EVERY {
+            self.unyielded = 0;
+            weave::yield_now();
+        }
+    }
+
+    /// Writes all queued output.
+    pub fn flush(&mut self) -> io::Result<()> {
+        if !self.out.is_empty() {
+            self.stream.write_all(&self.out)?;
+            self.ctx
+                .bytes_written
+                .fetch_add(self.out.len() as u64, Ordering::Relaxed);
+            self.out.clear();
+            if self.out.capacity() > 4 * OUTPUT_FLUSH_AT {
+                self.out = Vec::with_capacity(4096);
+            }
+        }
+        Ok(())
+    }
+
+    /// Output queued but not yet written (for tests).
+    #[cfg(test)]
+    pub fn pending(&self) -> &[u8] {
+        &self.out
+    }
+}
+
+/// The general statistics, in memcached's names and order, for `stats`
+/// (text) and STAT (binary).
+pub fn stats_list(ctx: &Ctx) -> Vec<(&'static str, String)> {
+    let s = &ctx.store.stats;
+    let g = |a: &AtomicU64| a.load(Ordering::Relaxed).to_string();
+    let (user, system) = cpu_times();
+    let uptime = ctx.started.elapsed().as_secs();
+    vec![
+        ("pid", std::process::id().to_string()),
+        ("uptime", uptime.to_string()),
+        ("time", ctx.store.now().to_string()),
+        ("version", VERSION.to_string()),
+        ("pointer_size", (usize::BITS).to_string()),
+        ("rusage_user", user),
+        ("rusage_system", system),
+        ("max_connections", ctx.max_conns.to_string()),
+        ("curr_connections", g(&ctx.curr_conns)),
+        ("total_connections", g(&ctx.total_conns)),
+        ("cmd_get", g(&s.cmd_get)),
+        ("cmd_set", g(&s.cmd_set)),
+        ("cmd_flush", g(&s.cmd_flush)),
+        ("cmd_touch", g(&s.cmd_touch)),
+        ("get_hits", g(&s.get_hits)),
+        ("get_misses", g(&s.get_misses)),
+        ("get_expired", g(&s.get_expired)),
+        ("get_flushed", g(&s.get_flushed)),
+        ("delete_misses", g(&s.delete_misses)),
+        ("delete_hits", g(&s.delete_hits)),
+        ("incr_misses", g(&s.incr_misses)),
+        ("incr_hits", g(&s.incr_hits)),
+        ("decr_misses", g(&s.decr_misses)),
+        ("decr_hits", g(&s.decr_hits)),
+        ("cas_misses", g(&s.cas_misses)),
+        ("cas_hits", g(&s.cas_hits)),
+        ("cas_badval", g(&s.cas_badval)),
+        ("touch_hits", g(&s.touch_hits)),
+        ("touch_misses", g(&s.touch_misses)),
+        ("bytes_read", g(&ctx.bytes_read)),
+        ("bytes_written", g(&ctx.bytes_written)),
+        ("limit_maxbytes", ctx.store.limit().to_string()),
+        ("threads", ctx.threads.to_string()),
+        ("curr_items", g(&s.curr_items)),
+        ("total_items", g(&s.total_items)),
+        ("bytes", g(&s.bytes)),
+        ("evictions", g(&s.evictions)),
+        ("reclaimed", g(&s.reclaimed)),
+        ("item_size_max", ctx.item_max.to_string()),
+    ]
+}
+
+/// `stats reset`: zeroes the counters (not the gauges).
+pub fn reset_stats(ctx: &Ctx) {
+    let s = &ctx.store.stats;
+    for c in [
+        &s.cmd_get,
+        &s.cmd_set,
+        &s.cmd_flush,
+        &s.cmd_touch,
+        &s.get_hits,
+        &s.get_misses,
+        &s.get_expired,
+        &s.get_flushed,
+        &s.delete_hits,
+        &s.delete_misses,
+        &s.incr_hits,
+        &s.incr_misses,
+        &s.decr_hits,
+        &s.decr_misses,
+        &s.cas_hits,
+        &s.cas_misses,
+        &s.cas_badval,
+        &s.touch_hits,
+        &s.touch_misses,
+        &s.total_items,
+        &s.evictions,
+        &s.reclaimed,
+        &ctx.total_conns,
+        &ctx.bytes_read,
+        &ctx.bytes_written,
+    ] {
+        c.store(0, Ordering::Relaxed);
+    }
+}
+
+/// User and system CPU time of the process, as `seconds.micros`.
+fn cpu_times() -> (String, String) {
+    // SAFETY: getrusage only writes the struct we pass, which is plain data
+    // and valid when zeroed.
+    let ru = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut ru);
+        ru
+    };
+    let f = |t: libc::timeval| format!("{}.{:06}", t.tv_sec, t.tv_usec);
+    (f(ru.ru_utime), f(ru.ru_stime))
+}
+
+/// Keeps `curr_connections` right however the handler ends.
+struct Open<'a>(&'a Ctx);
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        self.0.curr_conns.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves one client connection until it closes, quits or sends something
+/// that ends it (a bad binary header). The first byte picks the protocol:
+/// 0x80 is a binary request, anything else is text.
+///
+/// # Errors
+///
+/// I/O errors other than the peer going away.
+pub fn handle_conn<S: Read + Write>(stream: S, ctx: &Ctx) -> io::Result<()> {
+    ctx.curr_conns.fetch_add(1, Ordering::Relaxed);
+    ctx.total_conns.fetch_add(1, Ordering::Relaxed);
+    let _open = Open(ctx);
+    let mut c = Conn::new(stream, ctx);
+    let r = (|| {
+        if !c.fill(INPUT_INITIAL)? {
+            return Ok(());
+        }
+        if c.data()[0] == binary::REQ_MAGIC {
+            binary::serve(&mut c, ctx)?;
+        } else {
+            text::serve(&mut c, ctx)?;
+        }
+        c.flush()
+    })();
+    match r {
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::UnexpectedEof
+            ) =>
+        {
+            Ok(())
+        }
+        r => r,
+    }
+}
+
+/// An in-memory client for protocol tests: reads come from a script (in
+/// chunks of a chosen size, to exercise split requests), writes are kept.
+#[cfg(test)]
+pub mod mock {
+    use super::*;
+
+    /// A scripted stream.
+    #[derive(Debug)]
+    pub struct Mock {
+        input: Vec<u8>,
+        pos: usize,
+        chunk: usize,
+        /// Everything the server wrote.
+        pub output: Vec<u8>,
+        /// Number of `write` calls (to check batching).
+        pub writes: usize,
+    }
+
+    impl Mock {
+        /// A stream that returns `input` in reads of at most `chunk` bytes.
+        pub fn new(input: &[u8], chunk: usize) -> Mock {
+            Mock {
+                input: input.to_vec(),
+                pos: 0,
+                chunk,
+                output: Vec::new(),
+                writes: 0,
+            }
+        }
+    }
+
+    impl Read for Mock {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = buf.len().min(self.chunk).min(self.input.len() - self.pos);
+            buf[..n].copy_from_slice(&self.input[self.pos..self.pos + n]);
+            self.pos += n;
+            Ok(n)
+        }
+    }
+
+    impl Write for Mock {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.writes += 1;
+            self.output.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A context on a manual clock with a 1 MiB item limit.
+    pub fn ctx() -> Ctx {
+        ctx_with(64 << 20, 1 << 20)
+    }
+
+    /// A context with the given memory and item limits.
+    pub fn ctx_with(mem: usize, item_max: usize) -> Ctx {
+        let store = Store::with_clock(
+            mem,
+            crate::store::Clock::Manual(AtomicU64::new(1_700_000_000)),
+        );
+        Ctx::new(Arc::new(store), item_max)
+    }
+
+    /// Runs a whole session over `ctx` and returns what the server wrote.
+    pub fn run(ctx: &Ctx, input: &[u8], chunk: usize) -> Vec<u8> {
+        let mut m = Mock::new(input, chunk);
+        handle_conn(&mut m, ctx).expect("handler failed");
+        m.output
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mock::*;
+    use super::*;
+
+    #[test]
+    fn empty_connection_writes_nothing() {
+        let ctx = ctx();
+        assert!(run(&ctx, b"", 1).is_empty());
+        assert_eq!(ctx.curr_conns.load(Ordering::Relaxed), 0);
+        assert_eq!(ctx.total_conns.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn pipelined_requests_get_one_write() {
+        let ctx = ctx();
+        let mut input = Vec::new();
+        for i in 0..16 {
+            input.extend_from_slice(format!("set k{i} 0 0 1\r\nx\r\n").as_bytes());
+        }
+        let mut m = Mock::new(&input, usize::MAX);
+        handle_conn(&mut m, &ctx).unwrap();
+        assert_eq!(m.output, b"STORED\r\n".repeat(16));
+        assert_eq!(m.writes, 1);
+    }
+
+    #[test]
+    fn discard_and_direct_reads_are_bounded() {
+        let ctx = ctx();
+        let mut m = Mock::new(&vec![b'z'; 1 << 20], 4096);
+        let mut c = Conn::new(&mut m, &ctx);
+        assert!(c.fill(100).unwrap());
+        assert!(c.data().len() <= INPUT_INITIAL);
+        assert!(c.discard(1000).unwrap());
+        let mut dst = vec![0u8; 500_000];
+        assert!(c.read_exact_into(&mut dst).unwrap());
+        assert!(dst.iter().all(|&b| b == b'z'));
+        assert!(c.buf.len() <= INPUT_INITIAL);
+        assert!(!c.discard(1 << 21).unwrap(), "runs out of input");
+        c.put(b"x");
+        assert_eq!(c.pending(), b"x");
+    }
+}

@@ -1,0 +1,212 @@
+//! `kv`: a memcached-compatible key-value server on weave fibers.
+//!
+//! ```text
+//! cargo run --release --example kv -- -p 11211 -t 4 -m 1024
+//! cargo run --release --example kv -- --aof /var/lib/kv.aof --fsync always
+//! ```
+//!
+//! It speaks memcached's text and binary protocols (picked per connection
+//! from the first byte), with memcached's flags where they exist. Every
+//! connection is a fiber running [`conn::handle_conn`], plain blocking-style
+//! code: read a request, act on the store, queue the reply; replies are
+//! written when the input runs dry, so pipelined requests share one write.
+//!
+//! Modules: [`store`] (sharded LRU hash table), [`text`] and [`binary`]
+//! (protocols), [`conn`] (buffers, context, protocol detection), [`aof`]
+//! (optional append-only log).
+
+mod aof;
+mod binary;
+mod conn;
+mod store;
+mod text;
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::conn::Ctx;
+use crate::store::Store;
+
+/// A memcached-compatible key-value server (text and binary protocols).
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// TCP port to listen on.
+    #[arg(short = 'p', long = "port", default_value_t = 11211)]
+    port: u16,
+    /// Interface to listen on (loopback by default).
+    #[arg(short = 'l', long = "listen", default_value = "127.0.0.1")]
+    listen: String,
+    /// Worker threads (default: one per core).
+    #[arg(short = 't', long = "threads")]
+    threads: Option<usize>,
+    /// Memory for items, in MiB.
+    #[arg(short = 'm', long = "memory-limit", default_value_t = 64)]
+    memory_limit: usize,
+    /// Largest value, in bytes; accepts k and m suffixes (1m, 512k).
+    #[arg(short = 'I', long = "max-item-size", default_value = "1m", value_parser = parse_size)]
+    max_item_size: usize,
+    /// Most simultaneous connections; more are closed on arrival.
+    #[arg(short = 'c', long = "conn-limit", default_value_t = 1024)]
+    conn_limit: usize,
+    /// Verbose logging (-v: info, -vv: debug, -vvv: trace).
+    #[arg(short = 'v', action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Append every mutation to this log, and replay it at start.
+    #[arg(long)]
+    aof: Option<PathBuf>,
+    /// When the log is synced to disk.
+    #[arg(long, value_enum, default_value_t = aof::Fsync::Everysec)]
+    fsync: aof::Fsync,
+    /// Compact the log only once it is at least this many MiB.
+    #[arg(long, default_value_t = 64, hide = true)]
+    aof_rewrite_min_mb: u64,
+}
+
+/// Parses `1048576`, `1024k`, `1m` (binary units, case-insensitive).
+fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&s[..i], 1usize << 10),
+        Some((i, 'm' | 'M')) => (&s[..i], 1 << 20),
+        Some((i, 'g' | 'G')) => (&s[..i], 1 << 30),
+        _ => (s, 1),
+    };
+    let n: usize = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size (examples: 1048576, 512k, 1m)"))?;
+    n.checked_mul(mult)
+        .filter(|&b| b > 0)
+        .ok_or_else(|| format!("size '{s}' is out of range"))
+}
+
+fn main() {
+    let args = Args::parse();
+    let level = match args.verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
+    if let Err(e) = run(args) {
+        eprintln!("kv: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> io::Result<()> {
+    let limit = args
+        .memory_limit
+        .checked_mul(1 << 20)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "memory limit out of range"))?;
+    if args.max_item_size > limit {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "max item size ({} bytes) exceeds the memory limit ({} MiB)",
+                args.max_item_size, args.memory_limit
+            ),
+        ));
+    }
+    let store = Arc::new(Store::new(limit));
+    if let Some(path) = &args.aof {
+        let rep = aof::replay(path, &store)
+            .map_err(|e| io::Error::new(e.kind(), format!("replaying {}: {e}", path.display())))?;
+        log::info!(
+            "{}: replayed {} records ({} items){}",
+            path.display(),
+            rep.records,
+            store.len(),
+            if rep.truncated > 0 {
+                format!(", cut a torn tail of {} bytes", rep.truncated)
+            } else {
+                String::new()
+            }
+        );
+        let cfg = aof::Config {
+            path: path.clone(),
+            fsync: args.fsync,
+            rewrite_min: args.aof_rewrite_min_mb << 20,
+        };
+        store.attach_journal(aof::Journal::start(cfg, rep.len, &store)?);
+    }
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    let mut ctx = Ctx::new(store.clone(), args.max_item_size);
+    ctx.threads = threads;
+    ctx.max_conns = args.conn_limit;
+    ctx.verbosity = AtomicU32::new(args.verbose as u32);
+    let ctx = Arc::new(ctx);
+
+    start_sweeper(store.clone())?;
+    let host = if args.listen.contains(':') && !args.listen.starts_with('[') {
+        format!("[{}]", args.listen)
+    } else {
+        args.listen.clone()
+    };
+    let addr = format!("{host}:{}", args.port);
+    let served = serve(&addr, threads, args.conn_limit, ctx.clone());
+    if let Some(j) = store.journal() {
+        if let Err(e) = j.sync() {
+            log::error!("final log sync failed: {e}");
+        }
+    }
+    log::info!(
+        "stopped after {} connections",
+        ctx.total_conns.load(Ordering::Relaxed)
+    );
+    served
+}
+
+/// Reclaims expired items in the background: a small budget often, so no
+/// sweep holds a shard lock for long.
+fn start_sweeper(store: Arc<Store>) -> io::Result<()> {
+    std::thread::Builder::new()
+        .name("kv-sweeper".into())
+        .spawn(move || loop {
+            std::thread::sleep(Duration::from_millis(100));
+            // Examine about 1% of the items per tick (at least 1024 slots),
+            // so a full pass takes about ten seconds.
+            let budget = (store.len() / 100).max(1024);
+            store.sweep_expired(budget);
+        })?;
+    Ok(())
+}
+
+/// Listens on `addr` and serves every connection with
+/// [`conn::handle_conn`] on its own fiber, until SIGINT or SIGTERM (then
+/// shuts down gracefully). The one place that knows how connections are
+/// accepted and scheduled.
+fn serve(addr: &str, threads: usize, conn_limit: usize, ctx: Arc<Ctx>) -> io::Result<()> {
+    // The framework binds one SO_REUSEPORT listener per worker, which would
+    // let a second kv on the same port silently share the traffic. Fail like
+    // memcached instead: a plain bind first must succeed.
+    drop(
+        std::net::TcpListener::bind(addr)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?,
+    );
+    let server = weave::Server::builder()
+        .bind(addr)
+        .workers(threads)
+        .max_connections(conn_limit)
+        .build()
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+    log::info!(
+        "kv listening on {:?} with {threads} workers",
+        server.local_addrs()
+    );
+    let summary = server.serve(move |c| {
+        c.set_nodelay(true)?;
+        conn::handle_conn(c, &ctx)
+    })?;
+    log::info!("server stopped: {summary:?}");
+    Ok(())
+}

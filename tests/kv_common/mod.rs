@@ -1,0 +1,250 @@
+//! Shared helpers for the kv example's integration tests: start the compiled
+//! example as a child process on a free loopback port, talk to it with raw
+//! sockets.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+/// Upper bound on any single read in these tests, so a broken server fails
+/// a test instead of hanging it.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The kv example binary, built on first use.
+///
+/// `cargo test` builds the example only as a unit-test harness (it has
+/// `test = true`), not as the server binary, and a test cannot run cargo on
+/// the target directory the running `cargo test` holds locked. So the server
+/// is built with `cargo build --example kv` into its own target directory,
+/// `target/kv-server` (beside `target/<profile>`); after the first time that
+/// is a quick no-op, and it always matches the sources under test.
+pub fn kv_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test executable path");
+        // target/<profile>/deps/<test> -> target
+        let target = exe
+            .ancestors()
+            .nth(3)
+            .expect("test executable is in target/<profile>/deps")
+            .to_path_buf();
+        let dir = target.join("kv-server");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "--example", "kv", "--manifest-path"])
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+            .arg("--target-dir")
+            .arg(&dir)
+            .status()
+            .expect("run cargo build --example kv");
+        assert!(status.success(), "cargo build --example kv failed");
+        let bin = dir.join("debug").join("examples").join("kv");
+        assert!(bin.exists(), "{} missing after the build", bin.display());
+        bin
+    })
+    .clone()
+}
+
+/// A port that was free a moment ago and that this process has not handed
+/// out before (tests run in parallel: two servers must never be given the
+/// same port).
+fn free_port() -> u16 {
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = l.local_addr().unwrap().port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
+}
+
+/// True if a kv server at `addr` answers `version` (a bare connect is not
+/// enough: the server probes its port with a plain bind first).
+fn answers_version(addr: SocketAddr) -> bool {
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(IO_TIMEOUT));
+    if s.write_all(b"version\r\n").is_err() {
+        return false;
+    }
+    let mut line = String::new();
+    matches!(BufReader::new(s).read_line(&mut line), Ok(n) if n > 0) && line.starts_with("VERSION ")
+}
+
+/// A running kv server; killed (SIGKILL) on drop.
+#[derive(Debug)]
+pub struct Server {
+    child: Child,
+    /// Its address.
+    pub addr: SocketAddr,
+}
+
+impl Server {
+    /// Starts the server with extra flags and waits until it accepts.
+    pub fn start(args: &[&str]) -> Server {
+        let bin = kv_binary();
+        let mut last_err = String::new();
+        // The free port can be taken between our probe and the server's
+        // bind; try a few.
+        for _ in 0..5 {
+            let port = free_port();
+            let mut child = Command::new(&bin)
+                .args(["-l", "127.0.0.1", "-p", &port.to_string()])
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("spawn kv");
+            let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+            // Poll until it accepts or exits (bounded).
+            for _ in 0..3000 {
+                if let Some(status) = child.try_wait().unwrap() {
+                    last_err = format!("kv exited early: {status}");
+                    break;
+                }
+                if answers_version(addr) {
+                    return Server { child, addr };
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("kv server did not start: {last_err}");
+    }
+
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills the server with SIGKILL and reaps it.
+    pub fn kill(mut self) {
+        self.child.kill().expect("kill kv");
+        self.child.wait().expect("reap kv");
+    }
+
+    /// A new raw connection.
+    pub fn connect(&self) -> Client {
+        Client::connect(self.addr)
+    }
+
+    /// Resident memory of the server, in KiB (from /proc).
+    pub fn rss_kib(&self) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        s.lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/PID/status")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A raw client connection.
+#[derive(Debug)]
+pub struct Client {
+    /// Buffered reader over the socket.
+    pub r: BufReader<TcpStream>,
+}
+
+impl Client {
+    /// Connects with bounded read/write timeouts.
+    pub fn connect(addr: SocketAddr) -> Client {
+        let s = TcpStream::connect(addr).expect("connect to kv");
+        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+        s.set_nodelay(true).unwrap();
+        Client {
+            r: BufReader::new(s),
+        }
+    }
+
+    /// Sends bytes.
+    pub fn send(&mut self, b: impl AsRef<[u8]>) {
+        self.r.get_mut().write_all(b.as_ref()).expect("send");
+    }
+
+    /// Reads one line (with its `\r\n`).
+    pub fn line(&mut self) -> String {
+        let mut s = String::new();
+        let n = self.r.read_line(&mut s).expect("read line");
+        assert!(n > 0, "connection closed while a line was expected");
+        s
+    }
+
+    /// Reads exactly `n` bytes.
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        let mut v = vec![0; n];
+        self.r.read_exact(&mut v).expect("read bytes");
+        v
+    }
+
+    /// Sends `req` and checks the reply lines, joined.
+    pub fn expect(&mut self, req: impl AsRef<[u8]>, reply: &str) {
+        let req = req.as_ref();
+        self.send(req);
+        let mut got = String::new();
+        while got.len() < reply.len() {
+            got.push_str(&self.line());
+        }
+        assert_eq!(got, reply, "request {:?}", String::from_utf8_lossy(req));
+    }
+
+    /// True once the server has closed the connection: the read sees EOF,
+    /// or a reset (a close with unread input sends RST).
+    pub fn closed(&mut self) -> bool {
+        let mut b = [0u8; 1];
+        match self.r.read(&mut b) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted
+            ),
+        }
+    }
+
+    /// `stats` as (name, value) pairs.
+    pub fn stats(&mut self) -> Vec<(String, String)> {
+        self.send("stats\r\n");
+        let mut out = Vec::new();
+        loop {
+            let l = self.line();
+            if l == "END\r\n" {
+                return out;
+            }
+            let mut parts = l.trim_end().splitn(3, ' ');
+            assert_eq!(parts.next(), Some("STAT"), "bad stats line {l:?}");
+            out.push((
+                parts.next().unwrap().to_string(),
+                parts.next().unwrap_or("").to_string(),
+            ));
+        }
+    }
+
+    /// One stat as a number.
+    pub fn stat(&mut self, name: &str) -> u64 {
+        self.stats()
+            .into_iter()
+            .find(|(k, _)| k == name)
+            .unwrap_or_else(|| panic!("no stat {name}"))
+            .1
+            .parse()
+            .expect("numeric stat")
+    }
+}
