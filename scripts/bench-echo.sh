@@ -23,7 +23,8 @@
 #   ROUNDS [2]          rounds per scenario
 #   SECS [3]            measured seconds per run
 #   IDLE_CONNS [10000]  connections for the memory measurement (0 skips it)
-#   SERVERS ["weave tokio may mio"]
+#   SERVERS ["weave tokio may mio"]; add weave_net (the echo on the bare
+#           net layer) to measure the server framework's overhead
 #   SCENARIOS ["1:64:1 64:64:1 64:4096:1 1000:64:1 64:64:16"] conns:size:depth
 #   OUT [docs/bench-echo.md]  where the markdown report goes
 #   CARGO_TARGET_DIR    where to build (default: target)
@@ -58,7 +59,7 @@ fi
 
 echo "== building release binaries" >&2
 cargo build --release --quiet \
-    --example echo --example echo_tokio --example echo_may --example echo_mio \
+    --example echo --example echo_net --example echo_tokio --example echo_may --example echo_mio \
     --example echo_load
 
 WORK=$(mktemp -d)
@@ -75,6 +76,7 @@ trap 'exit 130' INT TERM
 server_bin() {
     case $1 in
         weave) echo "$BIN/echo" ;;
+        weave_net) echo "$BIN/echo_net" ;;
         tokio) echo "$BIN/echo_tokio" ;;
         may) echo "$BIN/echo_may" ;;
         mio) echo "$BIN/echo_mio" ;;
