@@ -24,7 +24,9 @@
 #   SECS [3]            measured seconds per run
 #   IDLE_CONNS [10000]  connections for the memory measurement (0 skips it)
 #   SERVERS ["weave tokio may mio"]; add weave_net (the echo on the bare
-#           net layer) to measure the server framework's overhead
+#           net layer) to measure the server framework's overhead, and
+#           weave_single (one listener and acceptor instead of one per
+#           worker) to compare accept strategies
 #   SCENARIOS ["1:64:1 64:64:1 64:4096:1 1000:64:1 64:64:16"] conns:size:depth
 #   OUT [docs/bench-echo.md]  where the markdown report goes
 #   CARGO_TARGET_DIR    where to build (default: target)
@@ -77,6 +79,7 @@ server_bin() {
     case $1 in
         weave) echo "$BIN/echo" ;;
         weave_net) echo "$BIN/echo_net" ;;
+        weave_single) echo "$BIN/echo" ;;
         tokio) echo "$BIN/echo_tokio" ;;
         may) echo "$BIN/echo_may" ;;
         mio) echo "$BIN/echo_mio" ;;
@@ -95,7 +98,9 @@ start_server() {
     local bin
     bin=$(server_bin "$1")
     PORT=$(free_port)
-    "$bin" --addr "127.0.0.1:$PORT" --workers "$WORKERS" >"$WORK/server.log" 2>&1 &
+    local extra=()
+    if [ "$1" = weave_single ]; then extra=(--single-acceptor); fi
+    "$bin" --addr "127.0.0.1:$PORT" --workers "$WORKERS" "${extra[@]}" >"$WORK/server.log" 2>&1 &
     SERVER_PID=$!
     for _ in $(seq 1 100); do
         if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then

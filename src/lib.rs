@@ -76,11 +76,13 @@
 
 pub(crate) mod sys;
 
+pub mod blocking;
 pub mod fiber;
 pub(crate) mod io;
 pub mod net;
 pub mod runtime;
 pub mod server;
+pub mod sync;
 pub mod time;
 
 pub use fiber::{current, park, park_timeout, spawn, yield_now, Fiber, FiberId, JoinHandle};

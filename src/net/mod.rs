@@ -64,10 +64,18 @@ impl AtomicTimeout {
 /// returning the last error otherwise (as `std::net` does).
 pub(crate) fn each_addr<A: ToSocketAddrs, T>(
     addr: A,
+    f: impl FnMut(&SocketAddr) -> io::Result<T>,
+) -> io::Result<T> {
+    first_ok(resolve(addr)?, f)
+}
+
+/// Calls `f` on each address until one succeeds; the last error otherwise.
+pub(crate) fn first_ok<T>(
+    addrs: impl IntoIterator<Item = SocketAddr>,
     mut f: impl FnMut(&SocketAddr) -> io::Result<T>,
 ) -> io::Result<T> {
     let mut last = None;
-    for a in addr.to_socket_addrs()? {
+    for a in addrs {
         match f(&a) {
             Ok(v) => return Ok(v),
             Err(e) => last = Some(e),
@@ -79,6 +87,30 @@ pub(crate) fn each_addr<A: ToSocketAddrs, T>(
             "could not resolve to any addresses",
         )
     }))
+}
+
+/// Resolves `addr` inline: no offload. Used where the address is nearly
+/// always an IP literal (bind, send_to) and the bound is `ToSocketAddrs`
+/// alone, as in std.
+fn resolve<A: ToSocketAddrs>(addr: A) -> io::Result<std::vec::IntoIter<SocketAddr>> {
+    Ok(addr.to_socket_addrs()?.collect::<Vec<_>>().into_iter())
+}
+
+/// Resolves `addr` without stalling the worker: on a fiber, the lookup
+/// (which may be a blocking `getaddrinfo`) runs on the
+/// [blocking pool](crate::blocking) while the fiber parks.
+///
+/// std's socket-address types (`SocketAddr`, `(IpAddr, u16)`, slices of
+/// them) never touch DNS, so they resolve inline and skip the pool's thread
+/// hop. They are recognised by type name: only a performance hint, since a
+/// wrong guess either way just moves where a correct lookup runs.
+pub(crate) fn resolve_offloaded<A: ToSocketAddrs + Sync>(addr: &A) -> io::Result<Vec<SocketAddr>> {
+    let name = std::any::type_name::<A>();
+    let no_dns = name.contains("::net::") && !name.contains("str") && !name.contains("String");
+    if no_dns || !crate::runtime::context::in_fiber() {
+        return Ok(addr.to_socket_addrs()?.collect());
+    }
+    crate::blocking::unblock_scoped(|| addr.to_socket_addrs().map(Iterator::collect))
 }
 
 /// Duplicates a descriptor (close-on-exec), for `try_clone`.

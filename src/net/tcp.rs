@@ -4,7 +4,7 @@ use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
 use std::time::{Duration, Instant};
 
-use super::{dup_fd, each_addr, AtomicTimeout};
+use super::{dup_fd, each_addr, first_ok, resolve_offloaded, AtomicTimeout};
 use crate::io::{Direction, IoSource};
 
 /// A TCP socket server, listening for connections.
@@ -281,11 +281,17 @@ impl TcpStream {
 
     /// Opens a connection to the first address of `addr` that accepts.
     ///
+    /// A host name is looked up on the [blocking pool](crate::blocking)
+    /// while the fiber parks, so a slow DNS server stalls only this fiber.
+    /// (That is why `addr` must be `Sync`, which every std address type is:
+    /// the pool thread reads it.)
+    ///
     /// # Errors
     ///
-    /// The last address's error (refused, unreachable, ...).
-    pub fn connect<A: ToSocketAddrs>(addr: A) -> io::Result<TcpStream> {
-        each_addr(addr, |a| Self::connect_until(a, None))
+    /// The lookup's error, or the last address's error (refused,
+    /// unreachable, ...).
+    pub fn connect<A: ToSocketAddrs + Sync>(addr: A) -> io::Result<TcpStream> {
+        first_ok(resolve_offloaded(&addr)?, |a| Self::connect_until(a, None))
     }
 
     /// Opens a connection to `addr`, giving up with `TimedOut` after

@@ -1,0 +1,345 @@
+//! The channel core shared by [`mpsc`](super::mpsc) and
+//! [`mpmc`](super::mpmc): a `VecDeque` of messages and three waiter queues
+//! behind one std mutex.
+//!
+//! # State and invariants
+//!
+//! - `queue` holds at most `slots()` messages: unlimited for an unbounded
+//!   channel, `n` for `sync_channel(n)`, and **one** for a rendezvous channel
+//!   (`n == 0`), whose single slot is only ever filled by a sender that then
+//!   waits for the message to be taken (or by `try_send` when a receiver is
+//!   already blocked).
+//! - `recv_q`: receivers waiting for a message or for the last sender to go.
+//!   Every push notifies one; the last sender's drop notifies all.
+//! - `send_q`: senders waiting for a free slot. Every message taken notifies
+//!   one; the last receiver's drop notifies all.
+//! - `ack_q`: rendezvous only: the sender whose message sits in the slot,
+//!   waiting for `taken` to pass its message's sequence number.
+//! - `pushed`/`taken` count messages in and out; a rendezvous sender's message
+//!   is taken once `taken > seq`, where `seq` was `pushed` before its push.
+//! - `owned_slot`: rendezvous only: the message in the slot belongs to a
+//!   sender still blocked in `send`, who takes it back (as `SendError`) if the
+//!   last receiver goes first.
+//!
+//! All queues are hint queues (see [`waiter`](super::waiter)): a woken waiter
+//! re-checks the condition under the lock before it looks at its deadline,
+//! and a waiter that was woken but lost the race goes back to the *front*.
+//!
+//! # Disconnection
+//!
+//! The last sender's drop wakes every receiver; receivers drain what is left
+//! and then get `Disconnected`. The last receiver's drop wakes every sender
+//! (who get their value back in the error) and drops the buffered messages,
+//! outside the lock, at once: a message never outlives the last receiver
+//! (except a rendezvous sender's, which goes back to that sender).
+
+use std::collections::VecDeque;
+use std::mem;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use super::error::{RecvTimeoutError, SendError, TryRecvError, TrySendError};
+use super::waiter::{lock, Pending, Pos, WaitQueue, Wakeups};
+
+pub(crate) struct State<T> {
+    pub(crate) queue: VecDeque<T>,
+    senders: usize,
+    receivers: usize,
+    recv_q: WaitQueue,
+    send_q: WaitQueue,
+    ack_q: WaitQueue,
+    pushed: u64,
+    taken: u64,
+    owned_slot: bool,
+}
+
+/// A channel shared by its senders and receivers (through an `Arc`).
+pub(crate) struct Chan<T> {
+    /// `None`: unbounded; `Some(0)`: rendezvous; `Some(n)`: `n` slots.
+    cap: Option<usize>,
+    state: Mutex<State<T>>,
+}
+
+/// Passes a wakeup on to the next waiter of the same queue (the unwinding
+/// waiter cannot use it).
+fn pass_on<T>(
+    q: fn(&mut State<T>) -> &mut WaitQueue,
+) -> impl FnOnce(&mut State<T>, bool) -> Wakeups {
+    move |st, notified| {
+        let mut wake = Wakeups::new();
+        if notified {
+            q(st).notify_one(&mut wake);
+        }
+        wake
+    }
+}
+
+impl<T> Chan<T> {
+    /// A channel with one sender and one receiver counted.
+    pub(crate) fn new(cap: Option<usize>) -> Chan<T> {
+        Chan {
+            cap,
+            state: Mutex::new(State {
+                queue: VecDeque::new(),
+                senders: 1,
+                receivers: 1,
+                recv_q: WaitQueue::new(),
+                send_q: WaitQueue::new(),
+                ack_q: WaitQueue::new(),
+                pushed: 0,
+                taken: 0,
+                owned_slot: false,
+            }),
+        }
+    }
+
+    pub(crate) fn is_unbounded(&self) -> bool {
+        self.cap.is_none()
+    }
+
+    /// The capacity given at creation (`None` when unbounded).
+    pub(crate) fn capacity(&self) -> Option<usize> {
+        self.cap
+    }
+
+    fn has_room(&self, st: &State<T>) -> bool {
+        match self.cap {
+            None => true,
+            Some(n) => st.queue.len() < n.max(1),
+        }
+    }
+
+    pub(crate) fn add_sender(&self) {
+        lock(&self.state).senders += 1;
+    }
+
+    pub(crate) fn add_receiver(&self) {
+        lock(&self.state).receivers += 1;
+    }
+
+    /// The last sender's drop wakes every blocked receiver.
+    pub(crate) fn drop_sender(&self) {
+        let mut st = lock(&self.state);
+        st.senders -= 1;
+        let mut wake = Wakeups::new();
+        if st.senders == 0 {
+            st.recv_q.notify_all(&mut wake);
+        }
+        drop(st);
+        drop(wake);
+    }
+
+    /// The last receiver's drop wakes every blocked sender and drops the
+    /// buffered messages (after the lock is released).
+    pub(crate) fn drop_receiver(&self) {
+        let mut st = lock(&self.state);
+        st.receivers -= 1;
+        let mut wake = Wakeups::new();
+        let mut garbage = VecDeque::new();
+        if st.receivers == 0 {
+            if !st.owned_slot {
+                garbage = mem::take(&mut st.queue);
+            }
+            st.send_q.notify_all(&mut wake);
+            st.ack_q.notify_all(&mut wake);
+        }
+        drop(st);
+        drop(wake);
+        drop(garbage);
+    }
+
+    /// Pushes `v` and notifies a receiver. Caller checked receivers and room.
+    fn push(&self, st: &mut State<T>, v: T, wake: &mut Wakeups) -> u64 {
+        let seq = st.pushed;
+        st.pushed += 1;
+        st.queue.push_back(v);
+        st.recv_q.notify_one(wake);
+        seq
+    }
+
+    /// Sends, blocking while the channel is full (and, for a rendezvous
+    /// channel, until a receiver took the message).
+    pub(crate) fn send(&self, v: T) -> Result<(), SendError<T>> {
+        let mut st = lock(&self.state);
+        let mut pos = Pos::Back;
+        loop {
+            if st.receivers == 0 {
+                return Err(SendError(v));
+            }
+            if self.has_room(&st) {
+                break;
+            }
+            let p = Pending::new(
+                &self.state,
+                &mut st,
+                |s| &mut s.send_q,
+                pos,
+                pass_on(|s| &mut s.send_q),
+            );
+            drop(st);
+            st = p.wait(None).0;
+            pos = Pos::Front;
+        }
+        let mut wake = Wakeups::new();
+        let seq = self.push(&mut st, v, &mut wake);
+        if self.cap != Some(0) {
+            drop(st);
+            drop(wake);
+            return Ok(());
+        }
+        // Rendezvous: wait until a receiver took it.
+        st.owned_slot = true;
+        loop {
+            if st.taken > seq {
+                return Ok(());
+            }
+            if st.receivers == 0 {
+                st.owned_slot = false;
+                let v = st
+                    .queue
+                    .pop_back()
+                    .expect("a rendezvous message not taken is still in its slot");
+                return Err(SendError(v));
+            }
+            let p = Pending::new(
+                &self.state,
+                &mut st,
+                |s| &mut s.ack_q,
+                Pos::Back,
+                move |s: &mut State<T>, _| {
+                    // Unwinding before the message was taken: take it back
+                    // (dropped after the lock) and free the slot.
+                    let mut wake = Wakeups::new();
+                    let mut back = None;
+                    if s.taken <= seq {
+                        back = s.queue.pop_back();
+                        s.owned_slot = false;
+                        s.send_q.notify_one(&mut wake);
+                    }
+                    (wake, back)
+                },
+            );
+            drop(st);
+            mem::take(&mut wake).wake();
+            st = p.wait(None).0;
+        }
+    }
+
+    /// Sends without blocking.
+    pub(crate) fn try_send(&self, v: T) -> Result<(), TrySendError<T>> {
+        let mut st = lock(&self.state);
+        if st.receivers == 0 {
+            return Err(TrySendError::Disconnected(v));
+        }
+        let room = match self.cap {
+            // Rendezvous: only into the hands of a receiver already waiting.
+            Some(0) => st.queue.is_empty() && !st.recv_q.is_empty(),
+            _ => self.has_room(&st),
+        };
+        if !room {
+            return Err(TrySendError::Full(v));
+        }
+        let mut wake = Wakeups::new();
+        self.push(&mut st, v, &mut wake);
+        drop(st);
+        drop(wake);
+        Ok(())
+    }
+
+    /// Books `n` messages as taken: frees slots for blocked senders and
+    /// tells a rendezvous sender its message was taken.
+    fn taken(&self, st: &mut State<T>, n: usize, wake: &mut Wakeups) {
+        st.taken += n as u64;
+        if self.cap.is_some() {
+            for _ in 0..n {
+                if !st.send_q.notify_one(wake) {
+                    break;
+                }
+            }
+            if st.owned_slot {
+                st.owned_slot = false;
+                st.ack_q.notify_all(wake);
+            }
+        }
+    }
+
+    /// Receives with `take`, which removes at least one message from the
+    /// non-empty queue and returns what it took and how many. Blocks until
+    /// there is a message, every sender is gone, or `deadline` passes.
+    pub(crate) fn recv_with<R>(
+        &self,
+        deadline: Option<Instant>,
+        mut take: impl FnMut(&mut State<T>) -> (R, usize),
+    ) -> Result<R, RecvTimeoutError> {
+        let mut st = lock(&self.state);
+        let mut pos = Pos::Back;
+        loop {
+            if !st.queue.is_empty() {
+                let (r, n) = take(&mut st);
+                let mut wake = Wakeups::new();
+                self.taken(&mut st, n, &mut wake);
+                drop(st);
+                drop(wake);
+                return Ok(r);
+            }
+            if st.senders == 0 {
+                return Err(RecvTimeoutError::Disconnected);
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(RecvTimeoutError::Timeout);
+            }
+            let p = Pending::new(
+                &self.state,
+                &mut st,
+                |s| &mut s.recv_q,
+                pos,
+                pass_on(|s| &mut s.recv_q),
+            );
+            drop(st);
+            let (g, notified) = p.wait(deadline);
+            st = g;
+            if notified {
+                pos = Pos::Front;
+            }
+        }
+    }
+
+    /// Receives one message, blocking (see [`recv_with`](Self::recv_with)).
+    pub(crate) fn recv(&self, deadline: Option<Instant>) -> Result<T, RecvTimeoutError> {
+        self.recv_with(deadline, |st| {
+            let v = st.queue.pop_front().expect("checked non-empty");
+            (v, 1)
+        })
+    }
+
+    /// Receives with `take` if a message is there, without blocking.
+    pub(crate) fn try_recv_with<R>(
+        &self,
+        take: impl FnOnce(&mut State<T>) -> (R, usize),
+    ) -> Result<R, TryRecvError> {
+        let mut st = lock(&self.state);
+        if st.queue.is_empty() {
+            return Err(if st.senders == 0 {
+                TryRecvError::Disconnected
+            } else {
+                TryRecvError::Empty
+            });
+        }
+        let (r, n) = take(&mut st);
+        let mut wake = Wakeups::new();
+        self.taken(&mut st, n, &mut wake);
+        drop(st);
+        drop(wake);
+        Ok(r)
+    }
+
+    /// Receives one message if there is one.
+    pub(crate) fn try_recv(&self) -> Result<T, TryRecvError> {
+        self.try_recv_with(|st| (st.queue.pop_front().expect("checked non-empty"), 1))
+    }
+
+    /// Messages buffered now.
+    pub(crate) fn len(&self) -> usize {
+        lock(&self.state).queue.len()
+    }
+}
