@@ -42,6 +42,8 @@
 //!   stealing.
 //! - [`net`]: `TcpListener`, `TcpStream`, `UdpSocket`, `UnixListener`,
 //!   `UnixStream`, shaped like `std::net`.
+//! - [`pool`]: client connections pooled per peer, bounded, with idle
+//!   expiry and counters.
 //! - [`fiber_local!`]: per-fiber storage.
 //!
 //! ## Rules worth knowing
@@ -80,6 +82,7 @@ pub mod blocking;
 pub mod fiber;
 pub(crate) mod io;
 pub mod net;
+pub mod pool;
 pub mod runtime;
 pub mod server;
 pub mod sync;
