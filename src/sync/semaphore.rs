@@ -110,8 +110,15 @@ impl Semaphore {
             },
         );
         drop(st);
-        let (_st, granted) = p.wait(deadline);
-        granted.then_some(SemaphorePermit { sem: self })
+        let (st, granted) = p.wait(deadline);
+        drop(st);
+        // Not `granted.then_some(..)`: that builds a permit even when none
+        // was granted, and dropping it would add a permit that never existed.
+        if granted {
+            Some(SemaphorePermit { sem: self })
+        } else {
+            None
+        }
     }
 
     /// Takes a permit, parking (or blocking the thread) until one is free.

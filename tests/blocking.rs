@@ -1,0 +1,90 @@
+//! The blocking pool: blocking calls made from fibers run on pool threads
+//! while the fibers park, so workers keep running everything else.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use weave::blocking::{spawn_blocking, unblock};
+use weave::Runtime;
+
+#[test]
+fn hundred_blocking_sleeps_overlap_while_fibers_keep_running() {
+    let rt = Runtime::builder().workers(2).build().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let ticks = Arc::new(AtomicU64::new(0));
+    // A fiber that only makes progress if its worker is free.
+    let ticker = {
+        let (stop, ticks) = (stop.clone(), ticks.clone());
+        rt.spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                ticks.fetch_add(1, Ordering::Relaxed);
+                weave::sleep(Duration::from_millis(1));
+            }
+        })
+    };
+    let start = Instant::now();
+    let sleepers: Vec<_> = (0..100)
+        .map(|i| {
+            rt.spawn(move || {
+                unblock(move || {
+                    std::thread::sleep(Duration::from_millis(100));
+                    i
+                })
+            })
+        })
+        .collect();
+    let ticks_before = ticks.load(Ordering::Relaxed);
+    let sum: u32 = sleepers.into_iter().map(|s| s.join().unwrap()).sum();
+    let elapsed = start.elapsed();
+    let ticks_during = ticks.load(Ordering::Relaxed) - ticks_before;
+    stop.store(true, Ordering::Relaxed);
+    ticker.join().unwrap();
+    assert_eq!(sum, (0..100).sum());
+    // Run one after another on the workers, they would take 10 s at least.
+    assert!(
+        elapsed < Duration::from_secs(5),
+        "blocking sleeps serialised: {elapsed:?}"
+    );
+    assert!(
+        ticks_during > 0,
+        "the ticker fiber starved while jobs blocked"
+    );
+}
+
+#[test]
+fn panics_come_back_to_the_caller() {
+    let rt = Runtime::builder().workers(1).build().unwrap();
+    let caught = rt.block_on(|| {
+        std::panic::catch_unwind(|| unblock(|| -> u32 { panic!("in the pool") })).unwrap_err()
+    });
+    assert_eq!(caught.downcast_ref::<&str>(), Some(&"in the pool"));
+    let h = spawn_blocking(|| -> u32 { panic!("again") });
+    assert!(h.join().is_err());
+    // The pool survives its jobs' panics.
+    assert_eq!(spawn_blocking(|| 3).join().unwrap(), 3);
+}
+
+#[test]
+fn unblock_on_a_plain_thread_runs_inline() {
+    let me = std::thread::current().id();
+    assert_eq!(unblock(move || std::thread::current().id() == me), true);
+}
+
+#[test]
+fn connect_by_host_name_resolves_off_the_worker() {
+    let rt = Runtime::builder().workers(1).build().unwrap();
+    rt.block_on(|| {
+        let listener = weave::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepter = weave::spawn(move || listener.accept().map(|(_, peer)| peer.ip()));
+        // "localhost" needs a lookup (through the pool); the stream works.
+        let s = weave::net::TcpStream::connect(("localhost", port))
+            .or_else(|_| weave::net::TcpStream::connect(format!("127.0.0.1:{port}")))
+            .unwrap();
+        assert!(accepter.join().unwrap().unwrap().is_loopback());
+        drop(s);
+        // A name that cannot resolve fails with an error, not a panic.
+        assert!(weave::net::TcpStream::connect("no-such-host.invalid:80").is_err());
+    });
+}
