@@ -320,6 +320,43 @@ pub struct PeerStats {
     pub idle: usize,
 }
 
+/// The error inside the `TimedOut` [`io::Error`] that [`Pool::get`]
+/// returns when no connection came free in time (as opposed to a connect
+/// that timed out); see [`is_wait_timeout`].
+#[derive(Debug, Clone)]
+pub struct WaitTimedOut {
+    /// The peer's key, as `Debug` prints it.
+    pub peer: String,
+    /// How long `get` waited.
+    pub waited: Duration,
+}
+
+impl fmt::Display for WaitTimedOut {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "pool: no connection to {} came free within {:?}",
+            self.peer, self.waited
+        )
+    }
+}
+
+impl std::error::Error for WaitTimedOut {}
+
+/// Whether `e` is [`Pool::get`] giving up on waiting for a free connection
+/// (every one of `max_open` was checked out), rather than an error from
+/// the peer.
+///
+/// # Examples
+///
+/// ```
+/// use std::io;
+/// assert!(!weave::pool::is_wait_timeout(&io::ErrorKind::TimedOut.into()));
+/// ```
+pub fn is_wait_timeout(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<WaitTimedOut>())
+}
+
 /// A checked-out connection: dereferences to it, and returns it to the
 /// pool when dropped, unless it was [discarded](Self::discard) or saw an
 /// error through this guard's `Read`/`Write`.
@@ -452,10 +489,10 @@ impl<K: Connect> Pool<K> {
                 peer.counters.timeouts.fetch_add(1, Ordering::Relaxed);
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
-                    format!(
-                        "pool: no connection to {key:?} came free within {:?}",
-                        cfg.wait_timeout
-                    ),
+                    WaitTimedOut {
+                        peer: format!("{key:?}"),
+                        waited: cfg.wait_timeout,
+                    },
                 ));
             }
             st.waiting += 1;
@@ -819,6 +856,7 @@ mod tests {
         let held = pool.get(Fake(1, true)).unwrap();
         let e = pool.get(Fake(1, true)).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert!(is_wait_timeout(&e));
         drop(held);
         assert!(pool.get(Fake(1, true)).unwrap().is_reused());
         let s = pool.stats(&Fake(1, true)).unwrap();
