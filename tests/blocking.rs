@@ -68,7 +68,7 @@ fn panics_come_back_to_the_caller() {
 #[test]
 fn unblock_on_a_plain_thread_runs_inline() {
     let me = std::thread::current().id();
-    assert_eq!(unblock(move || std::thread::current().id() == me), true);
+    assert!(unblock(move || std::thread::current().id() == me));
 }
 
 #[test]
