@@ -88,3 +88,43 @@ fn connect_by_host_name_resolves_off_the_worker() {
         assert!(weave::net::TcpStream::connect("no-such-host.invalid:80").is_err());
     });
 }
+
+/// An address whose lookup blocks like a slow DNS server.
+struct SlowName(std::net::SocketAddr);
+
+impl std::net::ToSocketAddrs for SlowName {
+    type Iter = std::option::IntoIter<std::net::SocketAddr>;
+    fn to_socket_addrs(&self) -> std::io::Result<Self::Iter> {
+        std::thread::sleep(Duration::from_millis(300));
+        Ok(Some(self.0).into_iter())
+    }
+}
+
+#[test]
+fn a_slow_lookup_in_connect_does_not_stall_the_worker() {
+    // One worker: if the lookup ran on it, the ticker could not tick.
+    let rt = Runtime::builder().workers(1).build().unwrap();
+    rt.block_on(|| {
+        let listener = weave::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let ticks = Arc::new(AtomicU64::new(0));
+        let ticker = {
+            let (stop, ticks) = (stop.clone(), ticks.clone());
+            weave::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    ticks.fetch_add(1, Ordering::Relaxed);
+                    weave::sleep(Duration::from_millis(5));
+                }
+            })
+        };
+        weave::yield_now();
+        let before = ticks.load(Ordering::Relaxed);
+        let stream = weave::net::TcpStream::connect(SlowName(addr)).unwrap();
+        let during = ticks.load(Ordering::Relaxed) - before;
+        stop.store(true, Ordering::Relaxed);
+        ticker.join().unwrap();
+        assert_eq!(stream.peer_addr().unwrap(), addr);
+        assert!(during >= 5, "the worker was blocked during the lookup ({during} ticks)");
+    });
+}
