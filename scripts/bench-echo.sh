@@ -131,7 +131,7 @@ field() {
 # median of the arguments (mean of the middle two for an even count);
 # "na" values are ignored.
 median() {
-    printf '%s\n' "$@" | grep -v '^na$' | sort -g | awk '
+    printf '%s\n' "$@" | { grep -v '^na$' || true; } | sort -g | awk '
         { v[NR] = $1 }
         END {
             if (NR == 0) { print "na"; exit }
