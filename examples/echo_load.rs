@@ -16,6 +16,10 @@
 //! `/proc/PID/stat`) at the start and end of the measured window and reports
 //! the server's CPU microseconds per message; it always reports its own.
 //!
+//! Churn mode (`--churn`): each connection fiber loops on connect, echo one
+//! message, close, so the server's accept path is what gets measured; the
+//! reported messages are whole connections.
+//!
 //! Idle mode (`--idle-conns N`): opens N connections, echoes one message on
 //! each (so the server has accepted it and started its handler), prints a
 //! `READY` line, holds them open for `--hold` seconds, then closes them. Used
@@ -73,6 +77,11 @@ struct Args {
     /// New connections per second while connecting.
     #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     connect_rate: u64,
+    /// Churn mode: each of the `--conns` clients loops on connect, echo one
+    /// message, close; a "message" is then one whole connection, and its
+    /// latency runs from the connect to the echo. Measures accepting.
+    #[arg(long)]
+    churn: bool,
     /// Timeout of each connect, read and write, in seconds; a connection
     /// that times out counts as an error.
     #[arg(long, default_value_t = 5.0, value_parser = parse_secs)]
@@ -230,6 +239,15 @@ impl Reader {
 /// `depth` messages in flight until the deadline.
 fn load_conn(shared: Arc<Shared>, id: u64) -> ConnStats {
     let mut stats = ConnStats::default();
+    if shared.args.churn {
+        shared.settled.fetch_add(1, Ordering::Release);
+        shared.start.wait();
+        let deadline = shared.deadline.lock().unwrap().expect("deadline set");
+        if let Err(e) = run_churn(&shared, id, deadline, &mut stats) {
+            stats.error = Some(e.to_string());
+        }
+        return stats;
+    }
     let conn = connect(&shared);
     shared.settled.fetch_add(1, Ordering::Release);
     let result = conn.and_then(|mut conn| {
@@ -295,6 +313,29 @@ fn run_load(
         }
         conn.write_all(&out)?;
     }
+}
+
+/// Churn: connect, echo one message, close, until the deadline.
+fn run_churn(shared: &Shared, id: u64, deadline: Instant, stats: &mut ConnStats) -> io::Result<()> {
+    let size = shared.args.size as usize;
+    let mut msg = template(id, size);
+    let mut back = vec![0; size];
+    for seq in 0.. {
+        let start = Instant::now();
+        if start >= deadline {
+            break;
+        }
+        stamp(&mut msg, seq);
+        let mut conn = connect(shared)?;
+        conn.write_all(&msg)?;
+        conn.read_exact(&mut back)?;
+        check(&back, &msg, seq)?;
+        drop(conn);
+        let ns = start.elapsed().as_nanos();
+        stats.latencies.push(ns.min(u32::MAX as u128) as u32);
+        stats.msgs += 1;
+    }
+    Ok(())
 }
 
 /// One idle connection: connect, echo one message, then wait for release.

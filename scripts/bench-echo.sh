@@ -27,7 +27,9 @@
 #           net layer) to measure the server framework's overhead, and
 #           weave_single (one listener and acceptor instead of one per
 #           worker) to compare accept strategies
-#   SCENARIOS ["1:64:1 64:64:1 64:4096:1 1000:64:1 64:64:16"] conns:size:depth
+#   SCENARIOS ["1:64:1 64:64:1 64:4096:1 1000:64:1 64:64:16"] conns:size:depth;
+#           a depth of "churn" makes each client connect, echo one message
+#           and close in a loop (msgs/s is then connections per second)
 #   OUT [docs/bench-echo.md]  where the markdown report goes
 #   CARGO_TARGET_DIR    where to build (default: target)
 set -euo pipefail
@@ -147,11 +149,13 @@ declare -A RES
 echo "== throughput: servers [$SERVERS], $WORKERS worker(s) each, load generator $CLIENT_WORKERS worker(s), $ROUNDS x ${SECS}s per server and scenario" >&2
 for sc in $SCENARIOS; do
     IFS=: read -r conns size depth <<<"$sc"
+    mode=()
+    if [ "$depth" = churn ]; then mode=(--churn); depth=1; fi
     for round in $(seq 1 "$ROUNDS"); do
         for s in $SERVERS; do
             start_server "$s"
             line=$(timeout $((SECS + 90)) "$BIN/echo_load" --addr "127.0.0.1:$PORT" \
-                --conns "$conns" --size "$size" --depth "$depth" --secs "$SECS" \
+                --conns "$conns" --size "$size" --depth "$depth" --secs "$SECS" "${mode[@]}" \
                 --workers "$CLIENT_WORKERS" --server-pid "$SERVER_PID" 2>"$WORK/load.err" |
                 grep '^RESULT' || true)
             stop_server
