@@ -1,0 +1,172 @@
+#!/usr/bin/env bash
+# Proxy benchmark: the kv_proxy example against twemproxy (nutcracker), both
+# in front of the same two kv backends, under the same load
+# (examples/kv_load.rs: 1:9 set:get over 100k keys, 100-byte values), at
+# pipeline depth 1 and 16.
+#
+# The two backends start once and serve every run. The proxies alternate
+# (kv_proxy nutcracker kv_proxy nutcracker ...) for ROUNDS rounds per depth;
+# each run starts a fresh proxy on 127.0.0.1, loads it for SECS seconds (at
+# most MAX_OPS requests), and stops it by PID. The table shows medians:
+# requests/s, p99 latency, and the proxy's CPU microseconds per request
+# (utime + stime from /proc/PID/stat over the measured window), with the
+# ratio kv_proxy/twemproxy.
+#
+# Usage: scripts/bench-proxy.sh
+# Environment (defaults in brackets):
+#   PROXY_THREADS [1]  kv_proxy worker threads (twemproxy has one thread)
+#   CONNS [50]         client connections
+#   DEPTHS ["1 16"]    pipeline depths
+#   ROUNDS [3]         runs per proxy and depth
+#   SECS [5]           measured seconds per run
+#   MAX_OPS [50000000] request cap per run
+#   OUT []             also write the markdown table to this file
+#   CARGO_TARGET_DIR   where to build (default: target)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PROXY_THREADS=${PROXY_THREADS:-1}
+CONNS=${CONNS:-50}
+DEPTHS=${DEPTHS:-"1 16"}
+ROUNDS=${ROUNDS:-3}
+SECS=${SECS:-5}
+MAX_OPS=${MAX_OPS:-50000000}
+OUT=${OUT:-}
+TARGET=${CARGO_TARGET_DIR:-target}
+
+for v in PROXY_THREADS CONNS ROUNDS SECS MAX_OPS; do
+    if ! [[ ${!v} =~ ^[0-9]+$ ]]; then
+        echo "bench-proxy: $v must be a whole number, got '${!v}'" >&2
+        exit 2
+    fi
+done
+
+if ! command -v nutcracker >/dev/null 2>&1; then
+    echo "== installing nutcracker (twemproxy)" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq nutcracker >/dev/null 2>&1 || {
+        apt-get update -qq && apt-get install -y -qq nutcracker
+    }
+fi
+
+echo "== building release binaries" >&2
+cargo build --release --quiet --example kv --example kv_proxy --example kv_load
+KV="$TARGET/release/examples/kv"
+PROXY="$TARGET/release/examples/kv_proxy"
+LOAD="$TARGET/release/examples/kv_load"
+
+work=$(mktemp -d)
+backend_pids=()
+proxy_pid=
+stop_proxy() {
+    if [ -n "$proxy_pid" ]; then
+        kill "$proxy_pid" 2>/dev/null || true
+        wait "$proxy_pid" 2>/dev/null || true
+        proxy_pid=
+    fi
+}
+cleanup() {
+    stop_proxy
+    for p in "${backend_pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${backend_pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+wait_ready() { # name port
+    for _ in $(seq 1 500); do
+        if python3 - "$2" <<'PY' 2>/dev/null; then return 0; fi
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=1)
+s.sendall(b"version\r\n")
+assert s.recv(100).startswith(b"VERSION")
+PY
+        sleep 0.01
+    done
+    echo "bench-proxy: $1 did not start" >&2
+    exit 1
+}
+
+backends=()
+for i in 1 2; do
+    p=$(free_port)
+    "$KV" -l 127.0.0.1 -p "$p" -t 1 -m 1024 -c 4096 &
+    backend_pids+=($!)
+    backends+=("127.0.0.1:$p")
+    wait_ready "kv$i" "$p"
+done
+echo "== kv backends on ${backends[*]}" >&2
+
+start_proxy() { # name port
+    case $1 in
+        kv_proxy)
+            args=()
+            for b in "${backends[@]}"; do args+=(--backend "$b"); done
+            "$PROXY" --listen "127.0.0.1:$2" -t "$PROXY_THREADS" -c 4096 "${args[@]}" &
+            ;;
+        twemproxy)
+            cat >"$work/nutcracker.yml" <<YML
+kv:
+  listen: 127.0.0.1:$2
+  hash: fnv1a_64
+  distribution: ketama
+  timeout: 2000
+  auto_eject_hosts: false
+  servers:
+   - ${backends[0]}:1 kv1
+   - ${backends[1]}:1 kv2
+YML
+            nutcracker -c "$work/nutcracker.yml" -a 127.0.0.1 -s "$(free_port)" \
+                -o "$work/nutcracker.log" &
+            ;;
+    esac
+    proxy_pid=$!
+    wait_ready "$1" "$2"
+}
+
+median() { sort -g | awk '{a[NR]=$1} END {if (NR==0) print "na"; else print a[int((NR+1)/2)]}'; }
+
+results=$(mktemp)
+for depth in $DEPTHS; do
+    for round in $(seq 1 "$ROUNDS"); do
+        for name in kv_proxy twemproxy; do
+            port=$(free_port)
+            start_proxy "$name" "$port"
+            line=$(timeout $((SECS + 120)) "$LOAD" --addr "127.0.0.1:$port" --conns "$CONNS" \
+                --depth "$depth" --secs "$SECS" --max-ops "$MAX_OPS" --server-pid "$proxy_pid" |
+                grep '^RESULT')
+            stop_proxy
+            echo "$name depth=$depth round=$round $line" >&2
+            echo "$name $depth $line" >>"$results"
+        done
+    done
+done
+
+field() { # name depth key
+    grep "^$1 $2 " "$results" | tr ' ' '\n' | grep "^$3=" | cut -d= -f2 | median
+}
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a=="na" || b=="na" || b==0) print "na"; else printf "%.2f", a/b }'; }
+
+table=$(
+    echo "| depth | proxy | requests/s | p99 (µs) | proxy CPU µs/request |"
+    echo "|---|---|---|---|---|"
+    for depth in $DEPTHS; do
+        for name in kv_proxy twemproxy; do
+            echo "| $depth | $name | $(field $name $depth ops_per_sec) | $(field $name $depth p99_us) | $(field $name $depth server_cpu_us_per_op) |"
+        done
+        echo "| $depth | kv_proxy / twemproxy | $(ratio "$(field kv_proxy $depth ops_per_sec)" "$(field twemproxy $depth ops_per_sec)") | $(ratio "$(field kv_proxy $depth p99_us)" "$(field twemproxy $depth p99_us)") | $(ratio "$(field kv_proxy $depth server_cpu_us_per_op)" "$(field twemproxy $depth server_cpu_us_per_op)") |"
+    done
+    echo
+    echo "kv_proxy with $PROXY_THREADS worker thread(s), twemproxy (one thread); two kv backends"
+    echo "with one thread each; $CONNS connections, 1:9 set:get, 100k keys, 100-byte values;"
+    echo "medians of $ROUNDS runs of ${SECS} s each, proxies alternated; $(nproc) cores, loopback."
+)
+rm -f "$results"
+echo "$table"
+if [ -n "$OUT" ]; then
+    echo "$table" >"$OUT"
+fi
