@@ -81,6 +81,9 @@ pub struct Conn<'a, S> {
     ctx: &'a Ctx,
     /// Bytes read since this connection last yielded.
     unyielded: usize,
+    /// Largest the input buffer has been (for tests of its bound).
+    #[cfg(test)]
+    high_water: usize,
 }
 
 impl<'a, S: Read + Write> Conn<'a, S> {
@@ -94,6 +97,8 @@ impl<'a, S: Read + Write> Conn<'a, S> {
             out: Vec::with_capacity(4096),
             ctx,
             unyielded: 0,
+            #[cfg(test)]
+            high_water: INPUT_INITIAL,
         }
     }
 
@@ -138,6 +143,10 @@ impl<'a, S: Read + Write> Conn<'a, S> {
                 ));
             }
             self.buf.resize(want, 0);
+            #[cfg(test)]
+            {
+                self.high_water = self.high_water.max(want);
+            }
         }
         let n = loop {
             match self.stream.read(&mut self.buf[self.end..]) {
@@ -259,6 +268,12 @@ impl<'a, S: Read + Write> Conn<'a, S> {
     #[cfg(test)]
     pub fn pending(&self) -> &[u8] {
         &self.out
+    }
+
+    /// The largest size the input buffer has reached (for tests).
+    #[cfg(test)]
+    pub fn input_high_water(&self) -> usize {
+        self.high_water
     }
 }
 

@@ -18,6 +18,8 @@
 mod aof;
 mod binary;
 mod conn;
+#[cfg(test)]
+mod fuzz;
 mod store;
 mod text;
 

@@ -51,9 +51,17 @@ enum Flow {
 pub fn serve<S: Read + Write>(c: &mut Conn<'_, S>, ctx: &Ctx) -> io::Result<()> {
     let mut line = Vec::with_capacity(256);
     let mut discarding = false;
+    // Buffered bytes already searched for a newline: a line that arrives in
+    // many small reads is scanned once, not once per read.
+    let mut scanned = 0;
     loop {
         let data = c.data();
-        if let Some(nl) = data.iter().position(|&b| b == b'\n') {
+        if let Some(nl) = data[scanned..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map(|p| scanned + p)
+        {
+            scanned = 0;
             if discarding {
                 c.consume(nl + 1);
                 discarding = false;
@@ -80,12 +88,14 @@ pub fn serve<S: Read + Write>(c: &mut Conn<'_, S>, ctx: &Ctx) -> io::Result<()> 
             continue;
         }
         let n = data.len();
+        scanned = n;
         if discarding || n >= line_limit(data) {
             if !discarding {
                 c.put(b"CLIENT_ERROR line too long\r\n");
                 discarding = true;
             }
             c.consume(n);
+            scanned = 0;
         }
         if !c.fill(MAX_GET_LINE)? {
             return Ok(());
