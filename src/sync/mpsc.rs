@@ -1,7 +1,7 @@
 //! Many-producer, single-consumer channels, shaped like `std::sync::mpsc`.
 //!
-//! [`channel`] is unbounded: `send` never blocks. [`sync_channel(n)`]
-//! (sync_channel) holds at most `n` messages: `send` blocks while it is full,
+//! [`channel`] is unbounded: `send` never blocks. [`sync_channel(n)`](sync_channel)
+//! holds at most `n` messages: `send` blocks while it is full,
 //! and with `n == 0` every `send` waits until the receiver took its message
 //! (a rendezvous). A blocked fiber parks and its worker runs other fibers; a
 //! blocked plain thread blocks. Fibers and threads may share a channel in
