@@ -91,19 +91,25 @@ pub struct Server {
 impl Server {
     /// Starts the server with extra flags and waits until it accepts.
     pub fn start(args: &[&str]) -> Server {
+        Server::start_with(args, |_| {})
+    }
+
+    /// Like [`Server::start`], with a hook that adjusts the command first
+    /// (environment, stderr, resource limits set in `pre_exec`).
+    pub fn start_with(args: &[&str], setup: impl Fn(&mut Command)) -> Server {
         let bin = kv_binary();
         let mut last_err = String::new();
         // The free port can be taken between our probe and the server's
         // bind; try a few.
         for _ in 0..5 {
             let port = free_port();
-            let mut child = Command::new(&bin)
-                .args(["-l", "127.0.0.1", "-p", &port.to_string()])
+            let mut cmd = Command::new(&bin);
+            cmd.args(["-l", "127.0.0.1", "-p", &port.to_string()])
                 .args(args)
                 .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .spawn()
-                .expect("spawn kv");
+                .stdout(Stdio::null());
+            setup(&mut cmd);
+            let mut child = cmd.spawn().expect("spawn kv");
             let addr: SocketAddr = ([127, 0, 0, 1], port).into();
             // Poll until it accepts or exits (bounded).
             for _ in 0..3000 {
@@ -125,6 +131,48 @@ impl Server {
     /// The child's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Sends SIGTERM (a graceful shutdown).
+    pub fn terminate(&self) {
+        // SAFETY: kill(2) with our own child's pid; no memory is involved.
+        let r = unsafe { libc::kill(self.pid() as libc::pid_t, libc::SIGTERM) };
+        assert_eq!(r, 0, "kill -TERM {}", self.pid());
+    }
+
+    /// Waits up to `limit` for the server to exit; its status if it did.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let end = std::time::Instant::now() + limit;
+        loop {
+            if let Some(st) = self.child.try_wait().expect("try_wait") {
+                return Some(st);
+            }
+            if std::time::Instant::now() >= end {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The child process (for its stderr, when piped).
+    pub fn child(&mut self) -> &mut Child {
+        &mut self.child
+    }
+
+    /// Open descriptors of the server (entries of /proc/PID/fd).
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .expect("read /proc/PID/fd")
+            .count()
+    }
+
+    /// User plus system CPU time of the server, in clock ticks.
+    pub fn cpu_ticks(&self) -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
+        let after = &stat[stat.rfind(')').expect("comm in /proc/PID/stat") + 2..];
+        let f: Vec<&str> = after.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 (1-based); `after` starts at 3.
+        f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
     }
 
     /// Kills the server with SIGKILL and reaps it.
