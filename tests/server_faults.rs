@@ -1,0 +1,250 @@
+//! Faults inside a handler of the server framework: a panic (the
+//! connection closes, the server goes on), a peer that resets while the
+//! handler writes (an error, never SIGPIPE), and a stack overflow (the
+//! documented outcome: the process aborts with a message naming the
+//! connection's fiber and its stack size).
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use weave::server::{Conn, Server, Summary};
+
+const CHILD_ENV: &str = "WEAVE_CHILD";
+const IO_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[inline(never)]
+#[allow(unconditional_recursion)] // overflowing the stack is the point
+fn recurse(depth: u64, buf: &mut [u8; 1024]) -> u64 {
+    let mut local = [depth as u8; 1024];
+    local[0] = buf[1];
+    std::hint::black_box(&mut local);
+    recurse(depth + 1, &mut local) + local[2] as u64
+}
+
+/// Answers each line: `panic` panics, `flood` writes 64 MiB, `overflow`
+/// recurses without end, anything else is echoed. Write errors seen by
+/// `flood` are recorded in `seen`.
+fn handler(conn: Conn, seen: &Mutex<Vec<io::ErrorKind>>) -> io::Result<()> {
+    let mut reader = BufReader::new(&conn);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        match line.trim_end() {
+            "panic" => panic!("handler asked to panic"),
+            "overflow" => {
+                let n = recurse(0, &mut [0; 1024]);
+                (&conn).write_all(format!("{n}\n").as_bytes())?;
+            }
+            "flood" => {
+                let chunk = vec![b'f'; 1 << 16];
+                for _ in 0..1024 {
+                    if let Err(e) = (&conn).write_all(&chunk) {
+                        seen.lock().unwrap().push(e.kind());
+                        return Err(e);
+                    }
+                }
+            }
+            _ => (&conn).write_all(line.as_bytes())?,
+        }
+    }
+}
+
+/// The child side of the overflow test: serves until killed.
+#[test]
+fn child_entry() {
+    let Ok(scenario) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    assert_eq!(scenario, "overflow-server");
+    let server = Server::builder()
+        .bind("127.0.0.1:0")
+        .workers(1)
+        .stack_size(64 * 1024)
+        .build()
+        .unwrap();
+    println!("PORT={}", server.local_addrs()[0].port());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let _ = server.serve(move |c| handler(c, &seen));
+    println!("child survived an overflow");
+}
+
+/// A server in this process on a free port, stopped by the returned
+/// closure, which gives back its summary.
+fn start() -> (
+    SocketAddr,
+    Arc<Mutex<Vec<io::ErrorKind>>>,
+    impl FnOnce() -> Summary,
+) {
+    let server = Server::builder()
+        .bind("127.0.0.1:0")
+        .workers(2)
+        .handle_signals(false)
+        .build()
+        .unwrap();
+    let addr = server.local_addrs()[0];
+    let handle = server.handle();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    let t = thread::spawn(move || server.serve(move |c| handler(c, &s2)).unwrap());
+    let stop = move || {
+        handle.stop();
+        t.join().expect("server thread")
+    };
+    (addr, seen, stop)
+}
+
+fn connect(addr: SocketAddr) -> BufReader<TcpStream> {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    BufReader::new(s)
+}
+
+fn echo(c: &mut BufReader<TcpStream>, msg: &str) {
+    c.get_mut()
+        .write_all(format!("{msg}\n").as_bytes())
+        .unwrap();
+    let mut l = String::new();
+    c.read_line(&mut l).unwrap();
+    assert_eq!(l, format!("{msg}\n"));
+}
+
+#[test]
+fn handler_panics_close_only_their_connection() {
+    let (addr, _, stop) = start();
+    let mut bystander = connect(addr);
+    echo(&mut bystander, "before");
+    for i in 0..10 {
+        let mut c = connect(addr);
+        c.get_mut().write_all(b"panic\n").unwrap();
+        let mut rest = Vec::new();
+        // The server closes the connection; nothing was answered.
+        let r = c.read_to_end(&mut rest);
+        assert!(
+            matches!(&r, Ok(0)) || r.is_err(),
+            "panic {i}: got {r:?} {rest:?}"
+        );
+        echo(&mut bystander, &format!("after {i}"));
+    }
+    drop(bystander);
+    let summary = stop();
+    assert_eq!(summary.counters.panics, 10);
+    assert_eq!(summary.still_open, 0);
+}
+
+/// Sets SO_LINGER to zero, so closing sends a reset.
+fn reset_on_close(s: &TcpStream) {
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt reads `l`, whose size we pass; the fd is open.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&l as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(r, 0);
+}
+
+#[test]
+fn peer_reset_mid_write_is_an_error_not_a_signal() {
+    let (addr, seen, stop) = start();
+    for _ in 0..10 {
+        let mut c = connect(addr);
+        c.get_mut().write_all(b"flood\n").unwrap();
+        let mut buf = [0u8; 4096];
+        c.read_exact(&mut buf).unwrap();
+        reset_on_close(c.get_ref());
+        drop(c);
+    }
+    // Each handler sees its write fail (bounded wait: it is writing 64 MiB
+    // into a reset socket).
+    let end = Instant::now() + IO_TIMEOUT;
+    while seen.lock().unwrap().len() < 10 && Instant::now() < end {
+        thread::sleep(Duration::from_millis(10));
+    }
+    let kinds = seen.lock().unwrap().clone();
+    assert_eq!(kinds.len(), 10, "write errors seen: {kinds:?}");
+    assert!(
+        kinds.iter().all(|k| matches!(
+            k,
+            io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+        )),
+        "unexpected errors {kinds:?}"
+    );
+    // The process is alive (no SIGPIPE) and still serving.
+    echo(&mut connect(addr), "still here");
+    let summary = stop();
+    assert!(summary.counters.errors >= 10);
+    assert_eq!(summary.counters.panics, 0);
+}
+
+#[test]
+fn handler_stack_overflow_aborts_naming_the_connection_fiber() {
+    let exe = std::env::current_exe().unwrap();
+    let mut child = Command::new(exe)
+        .args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, "overflow-server")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    let port: u16 = loop {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "child exited early");
+        if let Some(p) = line.split("PORT=").nth(1) {
+            break p.trim().parse().unwrap();
+        }
+    };
+    let mut c = connect(([127, 0, 0, 1], port).into());
+    echo(&mut c, "hello");
+    c.get_mut().write_all(b"overflow\n").unwrap();
+    let mut rest = Vec::new();
+    let _ = c.read_to_end(&mut rest);
+    let end = Instant::now() + IO_TIMEOUT;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            panic!("child did not end after the overflow");
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let mut stdout = String::new();
+    let _ = out.read_to_string(&mut stdout);
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGABRT),
+        "child should abort, got {status:?}; stderr:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("fiber 'conn 127.0.0.1:")
+            && stderr.contains("overflowed its stack of 65536 bytes"),
+        "missing overflow message; stderr:\n{stderr}"
+    );
+    assert!(!stdout.contains("child survived"));
+}
