@@ -32,8 +32,9 @@
 //! - **Accept.** By default each worker has its own listener on the shared
 //!   port (`SO_REUSEPORT`) and its own acceptor fiber; the kernel spreads new
 //!   connections over them, so there is no single accept bottleneck and no
-//!   thundering herd. `reuseport(false)` uses one listener and one acceptor,
-//!   and idle workers steal the new connection fibers.
+//!   thundering herd. `reuseport(false)` uses one listener and one
+//!   acceptor, and idle workers steal the new connection fibers. The two are
+//!   measured against each other in `docs/bench-accept.md`.
 //! - **Descriptor exhaustion.** When `accept` fails with `EMFILE`, `ENFILE`,
 //!   `ENOBUFS` or `ENOMEM`, the acceptor logs once per burst and backs off
 //!   (1 ms doubling to 1 s) instead of spinning; open connections keep
