@@ -8,8 +8,8 @@
 //! a park, and no user code (a message's destructor, a closure) ever runs
 //! under one.
 //!
-//! A waiter is a small shared node: the [`Unparker`] of the fiber or thread
-//! that waits, and a `notified` flag. The queue is FIFO.
+//! A waiter is a small shared node, a `notified` flag, queued beside the
+//! [`Unparker`] of the fiber or thread that waits. The queue is FIFO.
 //!
 //! # Protocol
 //!
@@ -74,12 +74,11 @@ pub(crate) fn lock<S>(m: &Mutex<S>) -> MutexGuard<'_, S> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// One blocked fiber or thread.
+/// One blocked fiber or thread: the flag its notifier sets. (Who to wake is
+/// kept beside the node in the queue, so the notifier can move it out
+/// instead of cloning it.)
 #[derive(Debug)]
 struct Node {
-    /// Always `Some` while the node is in use; `None` while it is spare, so
-    /// that a spare node keeps no fiber alive.
-    unparker: Option<Unparker>,
     /// Set (under the primitive's lock) by the notifier when it pops the node.
     notified: AtomicBool,
 }
@@ -91,18 +90,15 @@ thread_local! {
 }
 
 impl Node {
-    /// A node for the caller: the thread's spare if there is one.
-    fn for_current() -> Arc<Node> {
-        let unparker = Some(Unparker::current());
+    /// A fresh (not notified) node: the thread's spare if there is one.
+    fn take() -> Arc<Node> {
         if let Some(mut node) = SPARE.try_with(Cell::take).ok().flatten() {
             if let Some(n) = Arc::get_mut(&mut node) {
-                n.unparker = unparker;
                 *n.notified.get_mut() = false;
                 return node;
             }
         }
         Arc::new(Node {
-            unparker,
             notified: AtomicBool::new(false),
         })
     }
@@ -118,8 +114,7 @@ impl Drop for Waiter {
     fn drop(&mut self) {
         // Settled: the queue no longer holds the node, so this is normally
         // the last reference and the node can be kept for the next wait.
-        if let Some(n) = Arc::get_mut(&mut self.node) {
-            n.unparker = None;
+        if Arc::get_mut(&mut self.node).is_some() {
             let node = self.node.clone();
             // During thread teardown the spare is simply freed.
             let _ = SPARE.try_with(|s| s.set(Some(node)));
@@ -156,7 +151,7 @@ pub(crate) enum Pos {
 /// primitive that owns it.
 #[derive(Debug, Default)]
 pub(crate) struct WaitQueue {
-    nodes: VecDeque<Arc<Node>>,
+    nodes: VecDeque<(Arc<Node>, Unparker)>,
 }
 
 impl WaitQueue {
@@ -179,10 +174,11 @@ impl WaitQueue {
 
     /// Enqueues the caller.
     fn push(&mut self, pos: Pos) -> Waiter {
-        let node = Node::for_current();
+        let node = Node::take();
+        let entry = (node.clone(), Unparker::current());
         match pos {
-            Pos::Back => self.nodes.push_back(node.clone()),
-            Pos::Front => self.nodes.push_front(node.clone()),
+            Pos::Back => self.nodes.push_back(entry),
+            Pos::Front => self.nodes.push_front(entry),
         }
         Waiter { node }
     }
@@ -191,10 +187,9 @@ impl WaitQueue {
     /// `wake`, to run once the caller released its lock.
     pub(crate) fn notify_one(&mut self, wake: &mut Wakeups) -> bool {
         match self.nodes.pop_front() {
-            Some(node) => {
+            Some((node, unparker)) => {
                 node.notified.store(true, Ordering::Release);
-                let unparker = node.unparker.clone();
-                wake.push(unparker.expect("a queued node has its unparker"));
+                wake.push(unparker);
                 true
             }
             None => false,
@@ -213,7 +208,7 @@ impl WaitQueue {
         if w.node.notified.load(Ordering::Acquire) {
             return true;
         }
-        if let Some(i) = self.nodes.iter().position(|n| Arc::ptr_eq(n, &w.node)) {
+        if let Some(i) = self.nodes.iter().position(|(n, _)| Arc::ptr_eq(n, &w.node)) {
             self.nodes.remove(i);
         }
         false
