@@ -167,7 +167,9 @@ fn ping_pong(c: &mut Criterion) {
     let mut g = c.benchmark_group("channel_ping_pong");
     g.bench_function("weave", |b| b.iter_custom(|n| weave_ping_pong(&weave1, n)));
     g.bench_function("may", |b| b.iter_custom(may_ping_pong));
-    g.bench_function("tokio", |b| b.iter_custom(|n| tokio_ping_pong(&tokio_ct, n)));
+    g.bench_function("tokio", |b| {
+        b.iter_custom(|n| tokio_ping_pong(&tokio_ct, n))
+    });
     g.bench_function("crossbeam_threads", |b| b.iter_custom(crossbeam_ping_pong));
     g.finish();
 }

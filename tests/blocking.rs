@@ -125,6 +125,9 @@ fn a_slow_lookup_in_connect_does_not_stall_the_worker() {
         stop.store(true, Ordering::Relaxed);
         ticker.join().unwrap();
         assert_eq!(stream.peer_addr().unwrap(), addr);
-        assert!(during >= 5, "the worker was blocked during the lookup ({during} ticks)");
+        assert!(
+            during >= 5,
+            "the worker was blocked during the lookup ({during} ticks)"
+        );
     });
 }
