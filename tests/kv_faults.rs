@@ -493,3 +493,27 @@ fn churn_returns_descriptors_and_connections() {
     );
     assert!(probe.stat("total_connections") > 4 * 500);
 }
+
+#[test]
+fn idle_timeout_reclaims_silent_and_half_sent_connections() {
+    let s = Server::start(&["--idle-timeout", "1", "-t", "2"]);
+    // Silent ones, and ones stuck half-way through a request.
+    let mut quiet: Vec<kv_common::Client> = (0..20).map(|_| s.connect()).collect();
+    for (i, c) in quiet.iter_mut().enumerate() {
+        if i % 2 == 0 {
+            c.send("set half 0 0 10\r\nabc");
+        }
+    }
+    // A client that keeps talking is not affected: it asks until the
+    // others are gone (bounded by count; each ask is well under a second).
+    let mut busy = s.connect();
+    let gone = (0..20_000).any(|_| {
+        thread::sleep(Duration::from_millis(5));
+        busy.stat("curr_connections") == 1
+    });
+    assert!(gone, "idle connections were not reclaimed");
+    for c in quiet.iter_mut() {
+        assert!(c.closed(), "the server closed the idle connection");
+    }
+    busy.expect("get half\r\n", "END\r\n");
+}

@@ -56,6 +56,10 @@ struct Args {
     /// Most simultaneous connections; more are closed on arrival.
     #[arg(short = 'c', long = "conn-limit", default_value_t = 1024)]
     conn_limit: usize,
+    /// Close a connection that sends or accepts nothing for this many
+    /// seconds (0: never), like memcached's `-o idle_timeout`.
+    #[arg(long, default_value_t = 0)]
+    idle_timeout: u64,
     /// Verbose logging (-v: info, -vv: debug, -vvv: trace).
     #[arg(short = 'v', action = clap::ArgAction::Count)]
     verbose: u8,
@@ -155,7 +159,8 @@ fn run(args: Args) -> io::Result<()> {
         args.listen.clone()
     };
     let addr = format!("{host}:{}", args.port);
-    let served = serve(&addr, threads, args.conn_limit, ctx.clone());
+    let idle = Duration::from_secs(args.idle_timeout);
+    let served = serve(&addr, threads, args.conn_limit, idle, ctx.clone());
     if let Some(j) = store.journal() {
         if let Err(e) = j.sync() {
             log::error!("final log sync failed: {e}");
@@ -187,7 +192,13 @@ fn start_sweeper(store: Arc<Store>) -> io::Result<()> {
 /// [`conn::handle_conn`] on its own fiber, until SIGINT or SIGTERM (then
 /// shuts down gracefully). The one place that knows how connections are
 /// accepted and scheduled.
-fn serve(addr: &str, threads: usize, conn_limit: usize, ctx: Arc<Ctx>) -> io::Result<()> {
+fn serve(
+    addr: &str,
+    threads: usize,
+    conn_limit: usize,
+    idle: Duration,
+    ctx: Arc<Ctx>,
+) -> io::Result<()> {
     // The framework binds one SO_REUSEPORT listener per worker, which would
     // let a second kv on the same port silently share the traffic. Fail like
     // memcached instead: a plain bind first must succeed.
@@ -199,6 +210,7 @@ fn serve(addr: &str, threads: usize, conn_limit: usize, ctx: Arc<Ctx>) -> io::Re
         .bind(addr)
         .workers(threads)
         .max_connections(conn_limit)
+        .idle_timeout(idle)
         .build()
         .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
     log::info!(
