@@ -14,18 +14,32 @@
 //! backend takes over only the arcs before its points, about `1/n` of the
 //! keys; the rest stay where they were.
 //!
-//! # Pipelining
+//! # Pipelining and backend connections
 //!
 //! A client's buffered requests are handled as a batch: every request is
 //! parsed, its bytes queued for its backend (a multi-key `get` is split
-//! into one `get` per backend), each backend gets its share in one write,
-//! and the replies are read back in order and merged in the client's
+//! into one `get` per backend), and the replies are merged in the client's
 //! order. Batches are bounded ([`BATCH_OPS`] requests, [`BATCH_BYTES`] of
-//! request bytes), so neither side's socket buffers can fill up on both
-//! ends at once. Backend connections come from a [`weave::pool::Pool`].
+//! request bytes).
+//!
+//! Each worker thread keeps one connection per backend, shared by all of
+//! its clients (as twemproxy does). A client appends its batch's requests
+//! to the connection's output buffer and its reply slot to the
+//! connection's queue, in the same order; the first client to find no
+//! write under way yields once, so that the other clients ready on that
+//! worker can queue theirs too, then writes everything in one call. A
+//! reader fiber per connection reads replies in large chunks, frames each
+//! one (a line, or `VALUE` blocks up to `END`), and hands it to the client
+//! at the head of the queue; a client parks until all of its batch's
+//! replies are in. So at pipeline depth 1, many clients' requests share
+//! one backend write and one backend read.
 //!
 //! # Failures
 //!
+//! A backend connection that fails (an error, end-of-file, a malformed
+//! reply, or a request unanswered for `--timeout-ms`) is closed, and every
+//! client waiting on it gets `SERVER_ERROR backend unavailable` for its
+//! requests to that backend; the next request opens a new connection.
 //! A backend that cannot be reached is marked down for `--retry-ms`:
 //! requests for its keys get `SERVER_ERROR backend unavailable` at once,
 //! and after the delay the next request tries to connect again. Keys are
@@ -51,14 +65,16 @@
 //! memcached does), so a backend connection never loses track of where its
 //! replies are.
 
+use std::cell::OnceCell;
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
-use std::net::SocketAddr;
+use std::net::{Shutdown, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex as StdMutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use weave::pool::{Pool, Pooled};
+use weave::net::TcpStream;
 use weave::server::{Conn, Server};
 
 /// Points each backend owns on the ring.
@@ -96,11 +112,8 @@ struct Args {
     /// Worker threads (default: one per core).
     #[arg(short = 't', long)]
     threads: Option<usize>,
-    /// Most connections open to each backend.
-    #[arg(long, default_value_t = 64)]
-    pool_size: usize,
-    /// Timeout for connecting to a backend and for each read or write on
-    /// it, in milliseconds.
+    /// Timeout for connecting to a backend, for each write to it, and for
+    /// its reply to a request, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     timeout_ms: u64,
     /// How long a backend that could not be reached is skipped, in
@@ -179,7 +192,6 @@ struct Backend {
 struct Proxy {
     ring: Ring,
     backends: Vec<Backend>,
-    pool: Pool,
     io_timeout: Duration,
     retry: Duration,
     item_max: usize,
@@ -249,11 +261,6 @@ impl Input {
         }
     }
 
-    fn clear(&mut self) {
-        self.start = 0;
-        self.end = 0;
-    }
-
     /// Reads more, making room for at least `want` buffered bytes (the
     /// buffer grows up to that). Returns false at end of stream.
     fn fill(&mut self, r: &mut impl Read, want: usize) -> io::Result<bool> {
@@ -269,11 +276,6 @@ impl Input {
         let n = r.read(&mut self.buf[self.end..])?;
         self.end += n;
         Ok(n > 0)
-    }
-
-    /// Position of the next newline in the buffered data.
-    fn newline(&self) -> Option<usize> {
-        self.data().iter().position(|&b| b == b'\n')
     }
 }
 
@@ -324,6 +326,8 @@ struct Batch {
     arena: Vec<u8>,
     /// Request bytes per backend.
     reqs: Vec<Vec<u8>>,
+    /// Per backend: the reply kind of each request in `reqs`, in order.
+    kinds: Vec<Vec<u8>>,
     bytes: usize,
     /// The client asked to quit after this batch.
     quit: bool,
@@ -336,6 +340,7 @@ impl Batch {
             keys: Vec::new(),
             arena: Vec::new(),
             reqs: vec![Vec::new(); n],
+            kinds: vec![Vec::new(); n],
             bytes: 0,
             quit: false,
         }
@@ -347,6 +352,9 @@ impl Batch {
         self.arena.clear();
         for r in &mut self.reqs {
             r.clear();
+        }
+        for k in &mut self.kinds {
+            k.clear();
         }
         self.bytes = 0;
         self.quit = false;
@@ -462,6 +470,7 @@ fn parse_from(
                     let req = &mut batch.reqs[b];
                     if !started[b] {
                         started[b] = true;
+                        batch.kinds[b].push(KIND_GET);
                         req.extend_from_slice(cmd);
                         batch.bytes += cmd.len();
                     }
@@ -524,6 +533,7 @@ fn parse_from(
                 batch.queue(b, &[b" ", a]);
             }
             batch.queue(b, &[b"\r\n", block]);
+            batch.kinds[b].push(KIND_LINE);
             batch.ops.push(Op::Single { b, noreply });
             *used = total;
             Parsed::Added
@@ -550,6 +560,7 @@ fn parse_from(
                 batch.queue(b, &[b" ", a]);
             }
             batch.queue(b, &[b"\r\n"]);
+            batch.kinds[b].push(KIND_LINE);
             batch.ops.push(Op::Single { b, noreply });
             *used = consumed;
             Parsed::Added
@@ -567,6 +578,7 @@ fn parse_from(
                         batch.queue(b, &[b" ", args[0]]);
                     }
                     batch.queue(b, &[b"\r\n"]);
+                    batch.kinds[b].push(KIND_LINE);
                 }
                 batch.ops.push(Op::Broadcast { noreply });
             }
@@ -594,134 +606,433 @@ fn parse_from(
 // ---------------------------------------------------------------------------
 // Talking to the backends
 
-/// One backend's side of a batch: its connection and reply buffer, or why
-/// it failed.
-#[derive(Debug)]
-struct Link {
-    conn: Option<Pooled<SocketAddr>>,
-    input: Input,
+/// A reply that is one line (storage, `delete`, `incr`, `flush_all`, ...).
+const KIND_LINE: u8 = 0;
+/// A `get`/`gets` reply: `VALUE` blocks up to `END`, or an error line.
+const KIND_GET: u8 = 1;
+
+fn lock<T>(m: &StdMutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One client connection's share of a backend's replies to the current
+/// batch.
+#[derive(Debug, Default)]
+struct Seg {
+    /// The reply kind of each request sent, in order.
+    kinds: Vec<u8>,
+    /// Replies received so far.
+    next: usize,
+    /// The replies, as the backend sent them.
+    buf: Vec<u8>,
+    /// The backend failed before every reply came.
     failed: bool,
+}
+
+#[derive(Debug)]
+struct WaitState {
+    /// Per backend.
+    segs: Vec<Seg>,
+    /// Segments not yet complete or failed.
+    outstanding: usize,
+}
+
+/// Where the backends' reader fibers put a client's replies; the client
+/// fiber parks until all of its batch's replies are in.
+#[derive(Debug)]
+struct Waiter {
+    state: StdMutex<WaitState>,
+    fiber: weave::fiber::Fiber,
+}
+
+impl Waiter {
+    fn kind(&self, b: usize) -> u8 {
+        let st = lock(&self.state);
+        let seg = &st.segs[b];
+        seg.kinds[seg.next]
+    }
+
+    /// Adds the next reply from backend `b`; returns whether that was the
+    /// last one this client expects from `b`.
+    fn deliver(&self, b: usize, reply: &[u8]) -> bool {
+        let mut st = lock(&self.state);
+        let seg = &mut st.segs[b];
+        seg.buf.extend_from_slice(reply);
+        seg.next += 1;
+        if seg.next < seg.kinds.len() {
+            return false;
+        }
+        st.outstanding -= 1;
+        let wake = st.outstanding == 0;
+        drop(st);
+        if wake {
+            self.fiber.unpark();
+        }
+        true
+    }
+
+    /// Backend `b` failed before all of this client's replies came.
+    fn fail(&self, b: usize) {
+        let mut st = lock(&self.state);
+        st.segs[b].failed = true;
+        st.outstanding -= 1;
+        let wake = st.outstanding == 0;
+        drop(st);
+        if wake {
+            self.fiber.unpark();
+        }
+    }
+}
+
+/// A client's requests on a backend connection, waiting for replies.
+#[derive(Debug)]
+struct Pending {
+    waiter: Arc<Waiter>,
+    since: Instant,
+}
+
+/// One worker's connection to one backend, shared by every client
+/// connection on that worker: requests are appended to `out` (and their
+/// clients to `queue`, in the same order) and written in one go by
+/// whichever client found no flush under way; a reader fiber per
+/// connection hands the replies back in order.
+#[derive(Debug)]
+struct Mux {
+    b: usize,
+    st: StdMutex<MuxState>,
+}
+
+#[derive(Debug, Default)]
+struct MuxState {
+    conn: Option<Arc<TcpStream>>,
+    /// Bumped whenever the connection changes; a reader or writer of an
+    /// older connection leaves the state alone.
+    epoch: u64,
+    /// Requests not yet written.
+    out: Vec<u8>,
+    /// Sent (or about to be sent) and not fully answered, in send order.
+    queue: VecDeque<Pending>,
+    /// A client is writing `out`; others only append.
+    flushing: bool,
+}
+
+impl Mux {
+    /// Queues a client's requests; returns whether the caller must flush.
+    fn push(&self, req: &[u8], waiter: &Arc<Waiter>) -> bool {
+        let mut st = lock(&self.st);
+        st.out.extend_from_slice(req);
+        st.queue.push_back(Pending {
+            waiter: waiter.clone(),
+            since: Instant::now(),
+        });
+        !std::mem::replace(&mut st.flushing, true)
+    }
+
+    /// Writes `out` until it stays empty, connecting first if needed.
+    fn flush(self: &Arc<Self>, p: &Arc<Proxy>) {
+        let mut buf = Vec::new();
+        loop {
+            let (conn, epoch) = {
+                let mut st = lock(&self.st);
+                if st.out.is_empty() {
+                    st.flushing = false;
+                    return;
+                }
+                buf.clear();
+                std::mem::swap(&mut buf, &mut st.out);
+                (st.conn.clone(), st.epoch)
+            };
+            let (conn, epoch) = match conn {
+                Some(c) => (c, epoch),
+                None => match connect(p, self.b) {
+                    Ok(c) => {
+                        p.mark_up(self.b);
+                        let c = Arc::new(c);
+                        let epoch = {
+                            let mut st = lock(&self.st);
+                            st.epoch += 1;
+                            st.conn = Some(c.clone());
+                            st.epoch
+                        };
+                        let (p, mux, rc) = (p.clone(), self.clone(), c.clone());
+                        weave::spawn(move || read_replies(&p, &mux, &rc, epoch));
+                        (c, epoch)
+                    }
+                    Err(e) => {
+                        p.mark_down(self.b, &e);
+                        self.fail(None);
+                        continue;
+                    }
+                },
+            };
+            if let Err(e) = (&*conn).write_all(&buf) {
+                log::debug!("backend {}: {e}", p.backends[self.b].addr);
+                self.fail(Some(epoch));
+            }
+        }
+    }
+
+    /// Closes the connection (if it is still the one of `epoch`) and fails
+    /// every client waiting on it or queued for it.
+    fn fail(&self, epoch: Option<u64>) {
+        let queue = {
+            let mut st = lock(&self.st);
+            if epoch.is_some_and(|e| e != st.epoch) {
+                return;
+            }
+            st.epoch += 1;
+            if let Some(c) = st.conn.take() {
+                let _ = c.shutdown(Shutdown::Both);
+            }
+            st.out.clear();
+            std::mem::take(&mut st.queue)
+        };
+        for w in queue {
+            w.waiter.fail(self.b);
+        }
+    }
+}
+
+fn connect(p: &Proxy, b: usize) -> io::Result<TcpStream> {
+    let c = TcpStream::connect_timeout(&p.backends[b].addr, p.io_timeout)?;
+    c.set_nodelay(true)?;
+    c.set_read_timeout(Some(p.io_timeout))?;
+    c.set_write_timeout(Some(p.io_timeout))?;
+    Ok(c)
+}
+
+/// The length of the complete reply of `kind` at the start of `data`, or
+/// `None` if more bytes are needed. `scan` is where checking resumes (the
+/// end of the `VALUE` blocks already found complete).
+fn frame(data: &[u8], kind: u8, scan: &mut usize, item_max: usize) -> io::Result<Option<usize>> {
+    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
+    loop {
+        let rest = &data[*scan..];
+        let Some(nl) = rest.iter().position(|&b| b == b'\n') else {
+            if rest.len() > MAX_REPLY_LINE {
+                return Err(bad("reply line too long"));
+            }
+            return Ok(None);
+        };
+        let end = *scan + nl + 1;
+        let line = trim_cr(&rest[..nl]);
+        if kind == KIND_LINE || line == b"END" || is_error_line(line) {
+            return Ok(Some(end));
+        }
+        let mut t = tokens(line);
+        let (Some(b"VALUE"), Some(_key), Some(_flags), Some(len)) =
+            (t.next(), t.next(), t.next(), t.next())
+        else {
+            return Err(bad("bad VALUE line"));
+        };
+        let len: usize = parse_num(len)
+            .filter(|&n| n <= item_max.max(1 << 20) * 2)
+            .ok_or_else(|| bad("bad VALUE length"))?;
+        let block_end = end + len + 2;
+        if data.len() < block_end {
+            return Ok(None);
+        }
+        *scan = block_end;
+    }
+}
+
+/// The reader fiber of one backend connection: frames replies and hands
+/// each to the client that asked, in order, until the connection fails or
+/// is replaced.
+fn read_replies(p: &Proxy, mux: &Mux, conn: &TcpStream, epoch: u64) {
+    let b = mux.b;
+    let mut input = Input::new(64 * 1024);
+    let mut cur: Option<Pending> = None;
+    let mut scan = 0;
+    let why: io::Error = 'run: loop {
+        while !input.data().is_empty() {
+            if cur.is_none() {
+                let mut st = lock(&mux.st);
+                if st.epoch != epoch {
+                    break 'run io::Error::other("connection replaced");
+                }
+                cur = st.queue.pop_front();
+            }
+            let Some(c) = &cur else {
+                break 'run io::Error::new(io::ErrorKind::InvalidData, "reply nobody asked for");
+            };
+            let kind = c.waiter.kind(b);
+            match frame(input.data(), kind, &mut scan, p.item_max) {
+                Err(e) => break 'run e,
+                Ok(None) => break,
+                Ok(Some(n)) => {
+                    if c.waiter.deliver(b, &input.data()[..n]) {
+                        cur = None;
+                    }
+                    input.consume(n);
+                    scan = 0;
+                }
+            }
+        }
+        let want = input.data().len() + 1;
+        match input.fill(&mut &*conn, want) {
+            Ok(true) => {}
+            Ok(false) => break io::ErrorKind::UnexpectedEof.into(),
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                // Only a request left unanswered for the whole timeout
+                // counts; an idle connection just waits on.
+                let oldest = cur.as_ref().map(|c| c.since).or_else(|| {
+                    let st = lock(&mux.st);
+                    (st.epoch == epoch)
+                        .then(|| st.queue.front().map(|c| c.since))
+                        .flatten()
+                });
+                if oldest.is_some_and(|t| t.elapsed() >= p.io_timeout) {
+                    break e;
+                }
+            }
+            Err(e) => break e,
+        }
+    };
+    if let Some(c) = cur {
+        c.waiter.fail(b);
+    }
+    if lock(&mux.st).epoch == epoch {
+        log::debug!("backend {}: {why}", p.backends[b].addr);
+    }
+    mux.fail(Some(epoch));
+}
+
+thread_local! {
+    /// This worker's connection to each backend.
+    static MUXES: OnceCell<Arc<[Arc<Mux>]>> = const { OnceCell::new() };
+}
+
+fn worker_muxes(n: usize) -> Arc<[Arc<Mux>]> {
+    MUXES.with(|m| {
+        m.get_or_init(|| {
+            (0..n)
+                .map(|b| {
+                    Arc::new(Mux {
+                        b,
+                        st: StdMutex::new(MuxState::default()),
+                    })
+                })
+                .collect()
+        })
+        .clone()
+    })
+}
+
+/// One backend's replies to a batch, read back by the client, or why the
+/// backend failed.
+#[derive(Debug, Default)]
+struct Link {
+    data: Vec<u8>,
+    pos: usize,
+    failed: bool,
+    /// Requests of this batch went to this backend.
+    sent: bool,
 }
 
 impl Link {
     fn fail(&mut self) {
-        if let Some(c) = self.conn.take() {
-            c.discard();
-        }
-        self.input.clear();
         self.failed = true;
+        self.pos = self.data.len();
+    }
+
+    fn rest(&self) -> &[u8] {
+        &self.data[self.pos..]
     }
 
     /// Reads one line (without `\r\n`) into `line`.
-    fn line(&mut self, line: &mut Vec<u8>, max: usize) -> io::Result<()> {
-        let conn = self
-            .conn
-            .as_mut()
-            .ok_or_else(|| io::Error::other("no connection"))?;
-        loop {
-            if let Some(nl) = self.input.newline() {
-                line.clear();
-                line.extend_from_slice(trim_cr(&self.input.data()[..nl]));
-                self.input.consume(nl + 1);
-                return Ok(());
-            }
-            if self.input.data().len() > max {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "reply line too long",
-                ));
-            }
-            let want = self.input.data().len() + 1;
-            if !self.input.fill(conn, want)? {
-                return Err(io::ErrorKind::UnexpectedEof.into());
-            }
+    fn line(&mut self, line: &mut Vec<u8>) -> io::Result<()> {
+        if self.failed {
+            return Err(io::Error::other("backend failed"));
         }
+        let Some(nl) = self.rest().iter().position(|&b| b == b'\n') else {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        };
+        line.clear();
+        line.extend_from_slice(trim_cr(&self.rest()[..nl]));
+        self.pos += nl + 1;
+        Ok(())
     }
 
     /// Reads exactly `n` bytes onto the end of `out`.
     fn bytes(&mut self, n: usize, out: &mut Vec<u8>) -> io::Result<()> {
-        let conn = self
-            .conn
-            .as_mut()
-            .ok_or_else(|| io::Error::other("no connection"))?;
-        let mut left = n;
-        loop {
-            let take = left.min(self.input.data().len());
-            out.extend_from_slice(&self.input.data()[..take]);
-            self.input.consume(take);
-            left -= take;
-            if left == 0 {
-                return Ok(());
-            }
-            let want = left.min(64 * 1024);
-            if !self.input.fill(conn, want)? {
-                return Err(io::ErrorKind::UnexpectedEof.into());
-            }
+        if self.rest().len() < n {
+            return Err(io::ErrorKind::UnexpectedEof.into());
         }
+        out.extend_from_slice(&self.rest()[..n]);
+        self.pos += n;
+        Ok(())
     }
 }
 
-/// Checks out a connection per backend the batch needs and sends each its
-/// requests.
-fn send_batch(p: &Proxy, batch: &Batch, links: &mut [Link]) {
+/// A client connection's links to the backends.
+struct Backends {
+    muxes: Arc<[Arc<Mux>]>,
+    waiter: Arc<Waiter>,
+    links: Vec<Link>,
+    /// Per backend: this client must write the queued requests.
+    flush: Vec<bool>,
+}
+
+/// Sends the batch's requests to the backends it needs and waits until
+/// every reply is in `links` (or its backend failed).
+fn send_batch(p: &Arc<Proxy>, batch: &Batch, be: &mut Backends) {
+    let mut n = 0;
+    {
+        let mut st = lock(&be.waiter.state);
+        for (b, req) in batch.reqs.iter().enumerate() {
+            let link = &mut be.links[b];
+            link.failed = false;
+            link.sent = false;
+            link.data.clear();
+            link.pos = 0;
+            if req.is_empty() {
+                continue;
+            }
+            if p.is_down(b) {
+                link.failed = true;
+                continue;
+            }
+            let seg = &mut st.segs[b];
+            seg.kinds.clear();
+            seg.kinds.extend_from_slice(&batch.kinds[b]);
+            seg.next = 0;
+            seg.buf.clear();
+            seg.failed = false;
+            link.sent = true;
+            n += 1;
+        }
+        st.outstanding = n;
+    }
+    if n == 0 {
+        return;
+    }
+    let mut any_flush = false;
     for (b, req) in batch.reqs.iter().enumerate() {
-        let link = &mut links[b];
-        link.failed = false;
-        link.input.clear();
-        if req.is_empty() {
-            continue;
-        }
-        if p.is_down(b) {
-            link.failed = true;
-            continue;
-        }
-        let addr = p.backends[b].addr;
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            let mut conn = match p.pool.get(addr) {
-                Ok(c) => c,
-                Err(e) => {
-                    if !weave::pool::is_wait_timeout(&e) {
-                        p.mark_down(b, &e);
-                    }
-                    link.failed = true;
-                    break;
-                }
-            };
-            if !conn.is_reused() {
-                p.mark_up(b);
-                let _ = conn.set_read_timeout(Some(p.io_timeout));
-                let _ = conn.set_write_timeout(Some(p.io_timeout));
-            }
-            match conn.write_all(req) {
-                Ok(()) => {
-                    link.conn = Some(conn);
-                    break;
-                }
-                // A reused connection the backend closed just now: one more
-                // try on a new one (nothing was read, nothing was applied).
-                Err(_) if conn.is_reused() && tries == 1 => continue,
-                Err(e) => {
-                    log::debug!("backend {addr}: {e}");
-                    link.failed = true;
-                    break;
-                }
+        let f = be.links[b].sent && be.muxes[b].push(req, &be.waiter);
+        be.flush[b] = f;
+        any_flush |= f;
+    }
+    if any_flush {
+        // Let the other clients that are ready queue their requests too,
+        // then write them all at once.
+        weave::yield_now();
+        for b in 0..be.flush.len() {
+            if be.flush[b] {
+                be.muxes[b].flush(p);
             }
         }
     }
-}
-
-/// Returns the batch's connections to the pool (or closes those with
-/// unread bytes).
-fn finish_batch(links: &mut [Link]) {
-    for link in links {
-        if let Some(c) = link.conn.take() {
-            if !link.input.data().is_empty() {
-                c.discard();
-            }
+    while lock(&be.waiter.state).outstanding > 0 {
+        weave::fiber::park();
+    }
+    let mut st = lock(&be.waiter.state);
+    for (b, link) in be.links.iter_mut().enumerate() {
+        if link.sent {
+            let seg = &mut st.segs[b];
+            std::mem::swap(&mut link.data, &mut seg.buf);
+            link.failed = seg.failed;
         }
-        link.input.clear();
     }
 }
 
@@ -748,7 +1059,7 @@ fn read_get_reply(
     s: &mut GetScratch,
 ) -> io::Result<Option<Vec<u8>>> {
     loop {
-        link.line(&mut s.line, MAX_REPLY_LINE)?;
+        link.line(&mut s.line)?;
         if s.line == b"END" {
             return Ok(None);
         }
@@ -780,14 +1091,15 @@ fn read_get_reply(
 
 /// Runs a batch: send, then read every reply in order into `out`.
 fn run_batch(
-    p: &Proxy,
+    p: &Arc<Proxy>,
     batch: &Batch,
-    links: &mut [Link],
+    be: &mut Backends,
     s: &mut GetScratch,
     out: &mut Vec<u8>,
     client: &mut Conn,
 ) -> io::Result<()> {
-    send_batch(p, batch, links);
+    send_batch(p, batch, be);
+    let links = &mut be.links[..];
     let mut line = Vec::new();
     for op in &batch.ops {
         match *op {
@@ -802,7 +1114,7 @@ fn run_batch(
                 let reply = if link.failed {
                     Err(())
                 } else {
-                    link.line(&mut line, MAX_REPLY_LINE).map_err(|e| {
+                    link.line(&mut line).map_err(|e| {
                         log::debug!("backend {}: {e}", p.backends[b].addr);
                         link.fail();
                     })
@@ -819,7 +1131,7 @@ fn run_batch(
             Op::Broadcast { noreply } => {
                 let mut ok = true;
                 for (b, link) in links.iter_mut().enumerate() {
-                    if link.failed || link.line(&mut line, MAX_REPLY_LINE).is_err() {
+                    if link.failed || link.line(&mut line).is_err() {
                         if !link.failed {
                             log::debug!("backend {}: flush_all failed", p.backends[b].addr);
                             link.fail();
@@ -842,7 +1154,6 @@ fn run_batch(
             out.clear();
         }
     }
-    finish_batch(links);
     Ok(())
 }
 
@@ -909,18 +1220,23 @@ fn get_op(
 // A client connection
 
 /// Serves one client until it quits or disconnects.
-fn handle(p: &Proxy, mut client: Conn) -> io::Result<()> {
+fn handle(p: &Arc<Proxy>, mut client: Conn) -> io::Result<()> {
     client.set_nodelay(true)?;
     let n = p.backends.len();
     let mut input = Input::new(16 * 1024);
     let mut batch = Batch::new(n);
-    let mut links: Vec<Link> = (0..n)
-        .map(|_| Link {
-            conn: None,
-            input: Input::new(16 * 1024),
-            failed: false,
-        })
-        .collect();
+    let mut be = Backends {
+        muxes: worker_muxes(n),
+        waiter: Arc::new(Waiter {
+            state: StdMutex::new(WaitState {
+                segs: (0..n).map(|_| Seg::default()).collect(),
+                outstanding: 0,
+            }),
+            fiber: weave::fiber::current(),
+        }),
+        links: (0..n).map(|_| Link::default()).collect(),
+        flush: vec![false; n],
+    };
     let mut scratch = GetScratch {
         blocks: vec![Vec::new(); n],
         cursor: vec![0; n],
@@ -954,7 +1270,7 @@ fn handle(p: &Proxy, mut client: Conn) -> io::Result<()> {
             }
         }
         if !batch.ops.is_empty() {
-            run_batch(p, &batch, &mut links, &mut scratch, &mut out, &mut client)?;
+            run_batch(p, &batch, &mut be, &mut scratch, &mut out, &mut client)?;
         }
         let quit = batch.quit;
         batch.clear();
@@ -994,12 +1310,6 @@ fn main() {
 
 fn run(args: Args) -> io::Result<()> {
     let timeout = Duration::from_millis(args.timeout_ms.max(1));
-    let pool = Pool::builder()
-        .max_open(args.pool_size.max(1))
-        .max_idle(args.pool_size.max(1))
-        .connect_timeout(timeout)
-        .wait_timeout(timeout)
-        .build();
     let proxy = Arc::new(Proxy {
         ring: Ring::new(&args.backends),
         backends: args
@@ -1010,7 +1320,6 @@ fn run(args: Args) -> io::Result<()> {
                 down_until_ms: AtomicU64::new(0),
             })
             .collect(),
-        pool,
         io_timeout: timeout,
         retry: Duration::from_millis(args.retry_ms),
         item_max: args.max_item_size,
@@ -1073,6 +1382,34 @@ mod tests {
             .count();
         // About a quarter should move; modulo hashing would move 3/4.
         assert!((2_500..7_500).contains(&moved), "moved {moved}");
+    }
+
+    #[test]
+    fn replies_are_framed_whole() {
+        let mut scan = 0;
+        let f = |d: &[u8], k, scan: &mut usize| frame(d, k, scan, 1 << 20).unwrap();
+        assert_eq!(f(b"STORED\r\nEND\r\n", KIND_LINE, &mut scan), Some(8));
+        assert_eq!(f(b"STOR", KIND_LINE, &mut scan), None);
+        assert_eq!(f(b"END\r\n", KIND_GET, &mut scan), Some(5));
+        assert_eq!(
+            f(b"SERVER_ERROR x\r\nEND\r\n", KIND_GET, &mut scan),
+            Some(16)
+        );
+        // A get reply arriving piecewise: complete blocks are not rescanned.
+        let whole = b"VALUE a 0 2\r\nxy\r\nVALUE b 5 1\r\nz\r\nEND\r\nNOT_FOUND\r\n";
+        let mut scan = 0;
+        assert_eq!(f(&whole[..15], KIND_GET, &mut scan), None);
+        assert_eq!(scan, 0);
+        assert_eq!(f(&whole[..20], KIND_GET, &mut scan), None);
+        assert_eq!(scan, 17);
+        assert_eq!(f(&whole[..36], KIND_GET, &mut scan), None);
+        assert_eq!(f(whole, KIND_GET, &mut scan), Some(38));
+        // Data that looks like END inside a value is not the end.
+        let tricky = b"VALUE a 0 5\r\nEND\r\n\r\nEND\r\n";
+        assert_eq!(f(tricky, KIND_GET, &mut 0), Some(tricky.len()));
+        assert!(frame(b"VALUE a 0 x\r\n", KIND_GET, &mut 0, 1 << 20).is_err());
+        assert!(frame(b"HELLO\r\n", KIND_GET, &mut 0, 1 << 20).is_err());
+        assert!(frame(&[b'x'; MAX_REPLY_LINE + 1], KIND_LINE, &mut 0, 1 << 20).is_err());
     }
 
     #[test]

@@ -173,16 +173,19 @@ impl Connect for SocketAddr {
         Ok(s)
     }
 
-    /// A zero-timeout `poll(2)` for input: an idle connection should have
-    /// none. Readable means end-of-file (the peer closed), an error, or
-    /// stray bytes; all three make the connection unusable. One system
-    /// call, which never parks.
+    /// An idle connection should have no input pending: readable means
+    /// end-of-file (the peer closed), an error, or stray bytes, and all
+    /// three make the connection unusable.
+    ///
+    /// First the reactor's readiness word is read (no system call): if the
+    /// connection is registered, its last read drained it and no event
+    /// since reported input, a hang-up or an error, it is reusable.
+    /// Otherwise (never registered, or input may be pending) a
+    /// zero-timeout `poll(2)` decides, which also registers the connection
+    /// and clears a stale read bit so that the next check can skip the
+    /// system call. Never parks.
     fn is_reusable(&self, conn: &TcpStream) -> bool {
-        use std::os::fd::AsRawFd;
-        matches!(
-            crate::sys::poll_fd(conn.as_raw_fd(), libc::POLLIN, Some(Duration::ZERO)),
-            Ok(false)
-        )
+        conn.read_ready_hint() == Some(false) || matches!(conn.poll_read_ready(), Ok(false))
     }
 }
 
@@ -875,6 +878,125 @@ mod tests {
         drop(guards);
         let s = pool.stats(&Fake(1, true)).unwrap();
         assert_eq!((s.opened, s.idle, s.open, s.discarded), (5, 2, 2, 3));
+    }
+
+    /// An echo server for 4-byte messages on a fiber; `"bye!"` closes the
+    /// connection.
+    fn echo4() -> SocketAddr {
+        let l = crate::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        crate::spawn(move || {
+            while let Ok((mut c, _)) = l.accept() {
+                crate::spawn(move || -> io::Result<()> {
+                    let mut buf = [0u8; 4];
+                    loop {
+                        c.read_exact(&mut buf)?;
+                        if &buf == b"bye!" {
+                            return Ok(());
+                        }
+                        c.write_all(&buf)?;
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    /// Sends a ping and reads the 4-byte echo into a larger buffer, so the
+    /// last read is short and drains the socket.
+    fn ping_drained(c: &mut TcpStream) {
+        c.write_all(b"ping").unwrap();
+        let mut buf = [0u8; 64];
+        let mut got = 0;
+        while got < 4 {
+            let n = c.read(&mut buf[got..]).unwrap();
+            assert!(n > 0);
+            got += n;
+        }
+        assert_eq!(&buf[..got], b"ping");
+    }
+
+    /// Waits (bounded) until the reactor has reported input on `c`.
+    fn until_reported(c: &TcpStream) {
+        for _ in 0..5000 {
+            if c.read_ready_hint() == Some(true) {
+                return;
+            }
+            crate::time::sleep(Duration::from_millis(1));
+        }
+        panic!("the reactor never reported input");
+    }
+
+    #[test]
+    fn readiness_hint_decides_without_poll_and_sees_closes() {
+        let rt = crate::Runtime::builder().workers(2).build().unwrap();
+        rt.block_on(|| {
+            let addr = echo4();
+            let pool: Pool = Pool::new();
+            {
+                let mut c = pool.get(addr).unwrap();
+                assert_eq!(c.read_ready_hint(), None, "never registered yet");
+                ping_drained(&mut c);
+                assert_eq!(c.read_ready_hint(), Some(false), "drained by a short read");
+            }
+            {
+                // Handed out on the hint alone.
+                let mut c = pool.get(addr).unwrap();
+                assert!(c.is_reused());
+                assert_eq!(c.read_ready_hint(), Some(false));
+                ping_drained(&mut c);
+                c.write_all(b"bye!").unwrap();
+                until_reported(&c);
+            } // returned: the guard saw no error
+            let c = pool.get(addr).unwrap();
+            assert!(!c.is_reused(), "a close the reactor reported is not reused");
+            let s = pool.stats(&addr).unwrap();
+            assert_eq!((s.opened, s.reused, s.discarded), (2, 1, 1));
+        });
+    }
+
+    #[test]
+    fn readiness_hint_sees_stray_bytes() {
+        let rt = crate::Runtime::builder().workers(2).build().unwrap();
+        rt.block_on(|| {
+            let addr = echo4();
+            let pool: Pool = Pool::new();
+            {
+                let mut c = pool.get(addr).unwrap();
+                ping_drained(&mut c);
+                assert_eq!(c.read_ready_hint(), Some(false));
+                // A request whose reply is never read.
+                c.write_all(b"ping").unwrap();
+                until_reported(&c);
+            }
+            assert!(!pool.get(addr).unwrap().is_reused());
+            assert_eq!(pool.stats(&addr).unwrap().discarded, 1);
+        });
+    }
+
+    #[test]
+    fn poll_check_clears_a_stale_read_bit() {
+        let rt = crate::Runtime::builder().workers(2).build().unwrap();
+        rt.block_on(|| {
+            let addr = echo4();
+            let pool: Pool = Pool::new();
+            {
+                let mut c = pool.get(addr).unwrap();
+                c.write_all(b"ping").unwrap();
+                // Exactly the reply's size: the read is not short, so the
+                // reactor cannot know the socket is drained.
+                let mut back = [0u8; 4];
+                c.read_exact(&mut back).unwrap();
+                // (`None` if the reply came before the first read, which
+                // then never parked: unregistered, nothing known.)
+                assert_ne!(c.read_ready_hint(), Some(false));
+            }
+            // The checkout falls back to poll(2), finds nothing pending and
+            // clears the bit, so the next check needs no system call.
+            let c = pool.get(addr).unwrap();
+            assert!(c.is_reused());
+            assert_eq!(c.read_ready_hint(), Some(false));
+        });
     }
 
     #[test]

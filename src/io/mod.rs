@@ -16,6 +16,16 @@
 //! event that lands between the `WouldBlock` and the clear changes the tick,
 //! the CAS fails, and the fiber retries instead of sleeping through it.
 //!
+//! A read that returns fewer bytes than asked for (but more than zero)
+//! drained the socket's receive queue, so [`IoSource::do_read`] clears the
+//! read bit then too, with the same CAS, unless a hang-up or error was
+//! already recorded (end-of-file stays readable forever but is reported
+//! only once). The next read then parks at once instead of making a system
+//! call only to hear `WouldBlock`. Anything that arrives after that read
+//! raises a new event. (One exception: TCP urgent data stops a read at the
+//! urgent mark with data still queued. Nothing in weave sends or expects
+//! urgent data.)
+//!
 //! Waiting is a check under the registration's lock: if the bit is still
 //! clear, the fiber adds itself to the waiter list and parks. The poller sets
 //! the bit *before* taking the same lock to wake the list. Either the poller
@@ -52,10 +62,12 @@ use crate::fiber::raw::FiberRef;
 use crate::runtime::{context, Shared};
 
 /// Read readiness (also set on hang-up and error).
-const READ: usize = 0b01;
+const READ: usize = 0b001;
 /// Write readiness (also set on hang-up and error).
-const WRITE: usize = 0b10;
-const TICK_SHIFT: u32 = 2;
+const WRITE: usize = 0b010;
+/// A read hang-up or an error was reported; never cleared.
+const HUP: usize = 0b100;
+const TICK_SHIFT: u32 = 3;
 
 /// The direction an operation waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,11 +157,14 @@ impl ScheduledIo {
         if ready == 0 {
             return;
         }
+        if event.is_read_closed() || event.is_error() {
+            ready |= HUP;
+        }
         let _ = self
             .readiness
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
                 let tick = (v >> TICK_SHIFT).wrapping_add(1);
-                Some((tick << TICK_SHIFT) | (v & (READ | WRITE)) | ready)
+                Some((tick << TICK_SHIFT) | (v & (READ | WRITE | HUP)) | ready)
             });
         let mut w = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
         if ready & READ != 0 {
@@ -225,6 +240,77 @@ impl<S: mio::event::Source + AsRawFd> IoSource<S> {
 
     pub(crate) fn raw_fd(&self) -> RawFd {
         self.source.as_raw_fd()
+    }
+
+    /// What the reactor knows about pending input, without a system call:
+    /// `None` if the socket was never registered (nothing is known),
+    /// `Some(true)` if input, end-of-file or an error may be pending (the
+    /// read bit is set, or a hang-up was reported), `Some(false)` if the
+    /// last read drained the socket and no event has reported anything
+    /// since.
+    ///
+    /// Only events the poller has already fetched count: one still queued
+    /// in the kernel (the worker polls between fiber runs, at the latest
+    /// every few dozen) is not seen yet.
+    pub(crate) fn read_hint(&self) -> Option<bool> {
+        let v = self.reg.get()?.io.readiness.load(Ordering::Acquire);
+        Some(v & (READ | HUP) != 0)
+    }
+
+    /// Asks the kernel, with a zero-timeout `poll(2)`, whether input,
+    /// end-of-file or an error is pending, so that [`read_hint`](Self::read_hint)
+    /// can answer next time: called on a fiber, it registers the socket
+    /// first (anything already pending is seen by this `poll`, anything
+    /// later raises an event), and when nothing is pending it clears a
+    /// stale read bit (with the CAS, so an event that lands meanwhile
+    /// keeps it), as a `WouldBlock` would. A hang-up already reported
+    /// answers `true` without the system call.
+    pub(crate) fn poll_readable_now(&self) -> io::Result<bool> {
+        let reg = self.reg.get().or_else(|| {
+            context::current_fiber()
+                .is_some()
+                .then(|| self.registration().ok())
+                .flatten()
+        });
+        let snapshot = reg.map_or(0, |r| r.io.readiness.load(Ordering::Acquire));
+        if snapshot & HUP != 0 {
+            return Ok(true);
+        }
+        let readable =
+            crate::sys::poll_fd(self.raw_fd(), libc::POLLIN, Some(std::time::Duration::ZERO))?;
+        if !readable {
+            if let Some(r) = reg {
+                r.io.clear(Direction::Read, snapshot);
+            }
+        }
+        Ok(readable)
+    }
+
+    /// [`do_io`](Self::do_io) for a stream read of `want` bytes: as well as
+    /// on `WouldBlock`, the read bit is cleared when `op` returns fewer
+    /// than `want` bytes but more than zero (the receive queue was
+    /// drained; see the module docs). Only for stream sockets whose `op`
+    /// consumes what it returns (not `peek`).
+    pub(crate) fn do_read(
+        &self,
+        deadline: Option<Instant>,
+        want: usize,
+        mut op: impl FnMut(&S) -> io::Result<usize>,
+    ) -> io::Result<usize> {
+        let mut snapshot = 0;
+        let n = self.do_io(Direction::Read, deadline, |s| {
+            snapshot = self
+                .reg
+                .get()
+                .map_or(0, |r| r.io.readiness.load(Ordering::Acquire));
+            op(s)
+        })?;
+        if n > 0 && n < want && snapshot & (READ | HUP) == READ {
+            if let Some(r) = self.reg.get() {
+                r.io.clear(Direction::Read, snapshot);
+            }
+        }
+        Ok(n)
     }
 
     /// Runs `op` until it does not return `WouldBlock`, waiting for

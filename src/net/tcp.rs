@@ -458,16 +458,36 @@ impl TcpStream {
         Ok(clone)
     }
 
+    /// Whether the reactor has seen input pending on this connection, read
+    /// without a system call: `None` if the socket was never registered
+    /// with a reactor (nothing is known), `Some(true)` if bytes, end-of-file
+    /// or an error may be waiting, `Some(false)` if the last read drained
+    /// the socket and no event fetched since reported anything. Events the
+    /// worker has not polled yet are not seen, so `Some(false)` is a hint,
+    /// like a `poll(2)` that is a few fiber runs old.
+    pub(crate) fn read_ready_hint(&self) -> Option<bool> {
+        self.io.read_hint()
+    }
+
+    /// Whether input, end-of-file or an error is pending, asked of the
+    /// kernel (a zero-timeout `poll(2)`; never parks). On a fiber it also
+    /// registers the socket with the reactor and, when nothing is pending,
+    /// clears a stale read bit, so that [`read_ready_hint`](Self::read_ready_hint)
+    /// can answer without a system call next time.
+    pub(crate) fn poll_read_ready(&self) -> io::Result<bool> {
+        self.io.poll_readable_now()
+    }
+
     fn read_inner(&self, buf: &mut [u8]) -> io::Result<usize> {
+        let want = buf.len();
         self.io
-            .do_io(Direction::Read, self.read_timeout.deadline(), |mut s| {
-                s.read(buf)
-            })
+            .do_read(self.read_timeout.deadline(), want, |mut s| s.read(buf))
     }
 
     fn read_vectored_inner(&self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
+        let want = bufs.iter().map(|b| b.len()).sum();
         self.io
-            .do_io(Direction::Read, self.read_timeout.deadline(), |mut s| {
+            .do_read(self.read_timeout.deadline(), want, |mut s| {
                 s.read_vectored(bufs)
             })
     }
