@@ -9,7 +9,8 @@
 //!   200 peers (loopback listeners; the connections are real TCP
 //!   sockets, opened during warm-up). Time per get/return cycle, all fibers
 //!   together. `weave_pool` is [`weave::pool::Pool`] (which also checks
-//!   each idle connection with a `poll(2)` before handing it out);
+//!   each idle connection before handing it out: the reactor's readiness
+//!   word, or a `poll(2)` the first time);
 //!   `mutex_hashmap` is a `std::sync::Mutex<HashMap<SocketAddr,
 //!   Vec<TcpStream>>>` that pops and pushes, with no bounds, no waiting and
 //!   no liveness check.
