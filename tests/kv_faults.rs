@@ -517,3 +517,34 @@ fn idle_timeout_reclaims_silent_and_half_sent_connections() {
     }
     busy.expect("get half\r\n", "END\r\n");
 }
+
+#[test]
+fn request_timeout_cuts_a_client_that_trickles_a_request() {
+    // One byte every 200 ms never leaves the connection idle for the 1 s
+    // idle timeout; the 1 s request timeout closes it.
+    let s = Server::start(&["--idle-timeout", "1", "--request-timeout", "1", "-t", "1"]);
+    let mut slow = TcpStream::connect(s.addr).unwrap();
+    let request = b"get a-key-that-arrives-far-too-slowly\r\n";
+    let mut sent = 0;
+    let mut cut = false;
+    for &b in request.iter() {
+        if slow.write_all(&[b]).is_err() {
+            cut = true;
+            break;
+        }
+        sent += 1;
+        thread::sleep(Duration::from_millis(200));
+    }
+    if !cut {
+        // Everything went out: the server must have answered or closed.
+        slow.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut b = [0u8; 64];
+        cut = matches!(slow.read(&mut b), Ok(0) | Err(_));
+    }
+    assert!(cut, "a trickling client was served after {sent} bytes");
+    assert!(sent < request.len(), "the request completed before the cut");
+    // Others are served normally.
+    let mut c = s.connect();
+    c.expect("get x\r\n", "END\r\n");
+}

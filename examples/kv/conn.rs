@@ -5,7 +5,7 @@
 use std::io::{self, Read, Write};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::store::Store;
 use crate::{binary, text};
@@ -47,6 +47,10 @@ pub struct Ctx {
     pub bytes_read: AtomicU64,
     /// Bytes written to clients.
     pub bytes_written: AtomicU64,
+    /// Longest a request may take to arrive once its first bytes came in
+    /// (zero: no limit). Closes clients that trickle a request slowly
+    /// enough never to trip the idle timeout.
+    pub request_timeout: Duration,
 }
 
 impl Ctx {
@@ -64,6 +68,7 @@ impl Ctx {
             total_conns: AtomicU64::new(0),
             bytes_read: AtomicU64::new(0),
             bytes_written: AtomicU64::new(0),
+            request_timeout: Duration::ZERO,
         }
     }
 }
@@ -81,6 +86,8 @@ pub struct Conn<'a, S> {
     ctx: &'a Ctx,
     /// Bytes read since this connection last yielded.
     unyielded: usize,
+    /// When the unfinished request now buffered started to arrive.
+    partial_since: Option<Instant>,
     /// Largest the input buffer has been (for tests of its bound).
     #[cfg(test)]
     high_water: usize,
@@ -97,6 +104,7 @@ impl<'a, S: Read + Write> Conn<'a, S> {
             out: Vec::with_capacity(4096),
             ctx,
             unyielded: 0,
+            partial_since: None,
             #[cfg(test)]
             high_water: INPUT_INITIAL,
         }
@@ -110,6 +118,8 @@ impl<'a, S: Read + Write> Conn<'a, S> {
     /// Marks `n` buffered bytes as consumed.
     pub fn consume(&mut self, n: usize) {
         debug_assert!(n <= self.end - self.start);
+        // Progress: whatever is left is the start of a newer request.
+        self.partial_since = None;
         self.start += n;
         if self.start == self.end {
             self.start = 0;
@@ -123,6 +133,7 @@ impl<'a, S: Read + Write> Conn<'a, S> {
     /// Returns false at end of stream.
     pub fn fill(&mut self, max: usize) -> io::Result<bool> {
         self.flush()?;
+        self.check_request_deadline()?;
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
@@ -158,6 +169,23 @@ impl<'a, S: Read + Write> Conn<'a, S> {
         self.read_done(n);
         self.end += n;
         Ok(n > 0)
+    }
+
+    /// Fails with `TimedOut` when the unfinished request in the buffer has
+    /// been arriving for longer than the request timeout.
+    fn check_request_deadline(&mut self) -> io::Result<()> {
+        let limit = self.ctx.request_timeout;
+        if limit.is_zero() || self.start == self.end {
+            return Ok(());
+        }
+        let since = *self.partial_since.get_or_insert_with(Instant::now);
+        if since.elapsed() > limit {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "request not complete within the request timeout",
+            ));
+        }
+        Ok(())
     }
 
     /// Counts bytes read; a client that streams input faster than it is

@@ -60,6 +60,11 @@ struct Args {
     /// seconds (0: never), like memcached's `-o idle_timeout`.
     #[arg(long, default_value_t = 0)]
     idle_timeout: u64,
+    /// Close a connection whose request has been arriving for longer than
+    /// this many seconds (0: never): a client trickling a request a byte
+    /// at a time is never idle, so only this limit ends it.
+    #[arg(long, default_value_t = 0)]
+    request_timeout: u64,
     /// Verbose logging (-v: info, -vv: debug, -vvv: trace).
     #[arg(short = 'v', action = clap::ArgAction::Count)]
     verbose: u8,
@@ -149,6 +154,7 @@ fn run(args: Args) -> io::Result<()> {
     let mut ctx = Ctx::new(store.clone(), args.max_item_size);
     ctx.threads = threads;
     ctx.max_conns = args.conn_limit;
+    ctx.request_timeout = Duration::from_secs(args.request_timeout);
     ctx.verbosity = AtomicU32::new(args.verbose as u32);
     let ctx = Arc::new(ctx);
 
