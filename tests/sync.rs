@@ -627,3 +627,139 @@ fn timed_out_acquire_makes_up_no_permit() {
         assert_eq!(sem.available_permits(), 0);
     });
 }
+
+#[test]
+fn mpsc_receiver_shared_by_fibers_of_one_worker() {
+    // The receiver is `!Sync`, but fibers of one worker thread can still
+    // block on it together (here through a thread-local): each must be woken.
+    thread_local! {
+        static RX: std::cell::RefCell<Option<sync::Receiver<u32>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    fn recv_shared() -> Result<u32, RecvError> {
+        RX.with(|rx| rx.borrow().as_ref().expect("receiver installed").recv())
+    }
+    fn collect(
+        waiting: Vec<weave::JoinHandle<Result<u32, RecvError>>>,
+    ) -> Vec<Result<u32, RecvError>> {
+        let mut got: Vec<_> = waiting.into_iter().map(|w| w.join().unwrap()).collect();
+        got.sort_unstable_by_key(|r| r.ok());
+        got
+    }
+    within(HANG, "shared mpsc receiver", || {
+        let rt = rt(1);
+        rt.block_on(|| {
+            let (tx, rx) = sync::channel::<u32>();
+            RX.with(|r| *r.borrow_mut() = Some(rx));
+            // Sent from a fiber of the same worker, one at a time.
+            let waiting: Vec<_> = (0..4).map(|_| weave::spawn(recv_shared)).collect();
+            weave::sleep(Duration::from_millis(5));
+            for v in 0..4 {
+                tx.send(v).unwrap();
+                weave::yield_now();
+            }
+            assert_eq!(collect(waiting), [Ok(0), Ok(1), Ok(2), Ok(3)]);
+            // Sent from a plain thread, all at once.
+            let waiting: Vec<_> = (0..4).map(|_| weave::spawn(recv_shared)).collect();
+            weave::sleep(Duration::from_millis(5));
+            let tx2 = tx.clone();
+            thread::spawn(move || (10..14).for_each(|v| tx2.send(v).unwrap()))
+                .join()
+                .unwrap();
+            assert_eq!(collect(waiting), [Ok(10), Ok(11), Ok(12), Ok(13)]);
+            // The last sender's drop wakes them all.
+            let waiting: Vec<_> = (0..3).map(|_| weave::spawn(recv_shared)).collect();
+            weave::sleep(Duration::from_millis(5));
+            drop(tx);
+            assert_eq!(collect(waiting), [Err(RecvError); 3]);
+            RX.with(|r| r.borrow_mut().take());
+        });
+    });
+}
+
+#[test]
+fn mpsc_receiver_timeouts_race_sends_and_the_receiver_changes_hands() {
+    // Short receive timeouts firing while messages arrive, by a receiver that
+    // moves between fibers and a plain thread: no message lost, none stuck.
+    within(HANG, "mpsc timeouts", || {
+        let rt = rt(2);
+        const PER: u64 = 20_000;
+        let (tx, rx) = sync::channel::<(usize, u64)>();
+        let producers: Vec<_> = (0..2)
+            .map(|id| {
+                let tx = tx.clone();
+                rt.spawn(move || {
+                    for seq in 0..PER {
+                        tx.send((id, seq)).unwrap();
+                        if seq % 7 == 0 {
+                            weave::yield_now();
+                        }
+                        if seq % 1000 == 0 {
+                            weave::sleep(Duration::from_micros(200));
+                        }
+                    }
+                })
+            })
+            .collect();
+        let feeder = {
+            let tx = tx.clone();
+            thread::spawn(move || {
+                for seq in 0..PER {
+                    tx.send((2, seq)).unwrap();
+                    if seq % 500 == 0 {
+                        thread::sleep(Duration::from_micros(100));
+                    }
+                }
+            })
+        };
+        drop(tx);
+        // Receive in turns: a fiber, a thread, a fiber on another worker...
+        let mut got = Vec::new();
+        let mut rx = rx;
+        let mut done = false;
+        let mut turn = 0;
+        while !done {
+            let take = move |rx: sync::Receiver<(usize, u64)>| {
+                let mut part = Vec::new();
+                for _ in 0..5_000 {
+                    match rx.recv_timeout(Duration::from_micros(20)) {
+                        Ok(m) => part.push(m),
+                        Err(RecvTimeoutError::Timeout) => {}
+                        Err(RecvTimeoutError::Disconnected) => return (rx, part, true),
+                    }
+                }
+                (rx, part, false)
+            };
+            let (back, part, end) = if turn % 2 == 0 {
+                rt.spawn(move || take(rx)).join().unwrap()
+            } else {
+                thread::spawn(move || take(rx)).join().unwrap()
+            };
+            rx = back;
+            got.extend(part);
+            done = end;
+            turn += 1;
+        }
+        producers.into_iter().for_each(|p| p.join().unwrap());
+        feeder.join().unwrap();
+        check_per_sender_order(got.into_iter(), 3, PER);
+        settle(&rt, 0);
+    });
+}
+
+#[test]
+fn runtime_shutdown_with_a_fiber_blocked_on_an_mpsc_receiver() {
+    within(HANG, "mpsc shutdown", || {
+        let (tx, rx) = sync::channel::<u32>();
+        {
+            let rt = rt(1);
+            rt.spawn(move || {
+                let _ = rx.recv();
+            });
+            thread::sleep(Duration::from_millis(20));
+            drop(rt);
+        }
+        // The unwound fiber dropped the receiver.
+        assert_eq!(tx.send(1).unwrap_err().0, 1);
+    });
+}

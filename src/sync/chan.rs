@@ -21,9 +21,33 @@
 //!   sender still blocked in `send`, who takes it back (as `SendError`) if the
 //!   last receiver goes first.
 //!
+//! - `rx` (with `Chan::rx_waiting`): `mpsc` only: the receiver slot, a
+//!   single waiter without a queue node (below).
+//!
 //! All queues are hint queues (see [`waiter`](super::waiter)): a woken waiter
 //! re-checks the condition under the lock before it looks at its deadline,
 //! and a waiter that was woken but lost the race goes back to the *front*.
+//!
+//! # The receiver slot
+//!
+//! An `mpsc` channel has one receiver, so its waits need no queue: the
+//! receiver finds the channel empty, stores its unparker in `rx` and sets
+//! `rx_waiting`, under the lock (the same critical section as the check, so
+//! no wakeup is lost); a push that finds `rx_waiting` set clears it and
+//! unparks a clone of `rx` after releasing the lock. `rx_waiting` is the
+//! waiter's `notified` flag: the receiver parks until it is cleared (or its
+//! deadline passes), then re-takes the lock, clears it (withdrawing if it was
+//! not woken) and re-checks the queue before its deadline, as every hint
+//! queue does. `rx` stays set after the wait, so a fiber that receives in a
+//! loop registers without cloning its unparker each time; the receiver's
+//! drop clears it. A wait that unwinds withdraws from the slot; there is no
+//! other receiver to hand a wakeup on to.
+//!
+//! The receiver is `!Sync`, but fibers of one thread may still block on it
+//! together (through a thread-local, say). Only the first takes the slot;
+//! the others queue on `recv_q`, and a push wakes the slot first, then the
+//! queue. A woken receiver also looks at the receiver's private batch buffer
+//! (unbounded channels), where another waiter may have put its message.
 //!
 //! # Disconnection
 //!
@@ -35,17 +59,23 @@
 
 use std::collections::VecDeque;
 use std::mem;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::error::{RecvTimeoutError, SendError, TryRecvError, TrySendError};
 use super::waiter::{lock, Pending, Pos, WaitQueue, Wakeups};
+use crate::fiber::park_until;
+use crate::fiber::raw::Unparker;
 
 pub(crate) struct State<T> {
     pub(crate) queue: VecDeque<T>,
     senders: usize,
     receivers: usize,
     recv_q: WaitQueue,
+    /// Single-receiver channels: who waits in the receiver slot (kept after
+    /// the wait, so that the next wait of the same fiber reuses it).
+    rx: Option<Unparker>,
     send_q: WaitQueue,
     ack_q: WaitQueue,
     pushed: u64,
@@ -57,7 +87,37 @@ pub(crate) struct State<T> {
 pub(crate) struct Chan<T> {
     /// `None`: unbounded; `Some(0)`: rendezvous; `Some(n)`: `n` slots.
     cap: Option<usize>,
+    /// One receiver only (`mpsc`): its waits use the receiver slot.
+    single_rx: bool,
+    /// The receiver slot is taken: `State::rx` waits for a message. Written
+    /// only under the lock; read without it by the waiting receiver, as its
+    /// `notified` flag (cleared = woken, or withdrawn).
+    rx_waiting: AtomicBool,
     state: Mutex<State<T>>,
+}
+
+/// True when `u` is the fiber running on this thread.
+fn is_current(u: &Unparker) -> bool {
+    match u {
+        Unparker::Fiber(f) => crate::runtime::context::with_worker(|w| {
+            w.is_some_and(|w| std::ptr::eq(w.current.get(), Arc::as_ptr(f)))
+        }),
+        Unparker::Thread(_) => false,
+    }
+}
+
+/// Withdraws the receiver from the slot if its wait unwinds (a runtime that
+/// shuts down unwinds its parked fibers). There is no other receiver to hand
+/// a wakeup on to: the channel has only this one.
+struct SlotGuard<'a, T> {
+    chan: &'a Chan<T>,
+}
+
+impl<T> Drop for SlotGuard<'_, T> {
+    fn drop(&mut self) {
+        let _st = lock(&self.chan.state);
+        self.chan.rx_waiting.store(false, Ordering::Relaxed);
+    }
 }
 
 /// Passes a wakeup on to the next waiter of the same queue (the unwinding
@@ -75,15 +135,19 @@ fn pass_on<T>(
 }
 
 impl<T> Chan<T> {
-    /// A channel with one sender and one receiver counted.
-    pub(crate) fn new(cap: Option<usize>) -> Chan<T> {
+    /// A channel with one sender and one receiver counted. `single_rx`: the
+    /// receiver cannot be cloned (`mpsc`).
+    pub(crate) fn new(cap: Option<usize>, single_rx: bool) -> Chan<T> {
         Chan {
             cap,
+            single_rx,
+            rx_waiting: AtomicBool::new(false),
             state: Mutex::new(State {
                 queue: VecDeque::new(),
                 senders: 1,
                 receivers: 1,
                 recv_q: WaitQueue::new(),
+                rx: None,
                 send_q: WaitQueue::new(),
                 ack_q: WaitQueue::new(),
                 pushed: 0,
@@ -123,6 +187,7 @@ impl<T> Chan<T> {
         st.senders -= 1;
         let mut wake = Wakeups::new();
         if st.senders == 0 {
+            self.notify_receiver(&mut st, &mut wake);
             st.recv_q.notify_all(&mut wake);
         }
         drop(st);
@@ -136,16 +201,36 @@ impl<T> Chan<T> {
         st.receivers -= 1;
         let mut wake = Wakeups::new();
         let mut garbage = VecDeque::new();
+        let mut rx = None;
         if st.receivers == 0 {
             if !st.owned_slot {
                 garbage = mem::take(&mut st.queue);
             }
+            rx = st.rx.take();
             st.send_q.notify_all(&mut wake);
             st.ack_q.notify_all(&mut wake);
         }
         drop(st);
         drop(wake);
         drop(garbage);
+        drop(rx);
+    }
+
+    /// Wakes one blocked receiver: the one in the slot if it waits, else the
+    /// first of `recv_q`.
+    fn notify_receiver(&self, st: &mut State<T>, wake: &mut Wakeups) {
+        if self.rx_waiting.load(Ordering::Relaxed) {
+            self.rx_waiting.store(false, Ordering::Release);
+            let who = st.rx.clone().expect("a waiting receiver left its unparker");
+            wake.push(who);
+        } else {
+            st.recv_q.notify_one(wake);
+        }
+    }
+
+    /// True when a receiver is blocked waiting.
+    fn receiver_waits(&self, st: &State<T>) -> bool {
+        self.rx_waiting.load(Ordering::Relaxed) || !st.recv_q.is_empty()
     }
 
     /// Pushes `v` and notifies a receiver. Caller checked receivers and room.
@@ -153,7 +238,7 @@ impl<T> Chan<T> {
         let seq = st.pushed;
         st.pushed += 1;
         st.queue.push_back(v);
-        st.recv_q.notify_one(wake);
+        self.notify_receiver(st, wake);
         seq
     }
 
@@ -233,7 +318,7 @@ impl<T> Chan<T> {
         }
         let room = match self.cap {
             // Rendezvous: only into the hands of a receiver already waiting.
-            Some(0) => st.queue.is_empty() && !st.recv_q.is_empty(),
+            Some(0) => st.queue.is_empty() && self.receiver_waits(&st),
             _ => self.has_room(&st),
         };
         if !room {
@@ -263,19 +348,20 @@ impl<T> Chan<T> {
         }
     }
 
-    /// Receives with `take`, which removes at least one message from the
-    /// non-empty queue and returns what it took and how many. Blocks until
-    /// there is a message, every sender is gone, or `deadline` passes.
+    /// Receives with `take`, which takes a message if there is one (from the
+    /// queue, or from where the receiver keeps a batch it took earlier) and
+    /// returns it with how many messages it removed from the queue, or `None`
+    /// when there is none. Blocks until there is a message, every sender is
+    /// gone, or `deadline` passes.
     pub(crate) fn recv_with<R>(
         &self,
         deadline: Option<Instant>,
-        mut take: impl FnMut(&mut State<T>) -> (R, usize),
+        mut take: impl FnMut(&mut State<T>) -> Option<(R, usize)>,
     ) -> Result<R, RecvTimeoutError> {
         let mut st = lock(&self.state);
         let mut pos = Pos::Back;
         loop {
-            if !st.queue.is_empty() {
-                let (r, n) = take(&mut st);
+            if let Some((r, n)) = take(&mut st) {
                 let mut wake = Wakeups::new();
                 self.taken(&mut st, n, &mut wake);
                 drop(st);
@@ -287,6 +373,10 @@ impl<T> Chan<T> {
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(RecvTimeoutError::Timeout);
+            }
+            if self.single_rx && !self.rx_waiting.load(Ordering::Relaxed) {
+                st = self.wait_in_slot(st, deadline);
+                continue;
             }
             let p = Pending::new(
                 &self.state,
@@ -304,12 +394,38 @@ impl<T> Chan<T> {
         }
     }
 
+    /// Waits in the receiver slot (the receiver of an `mpsc` channel; the
+    /// slot is free). Takes the lock guard of a channel found empty, returns
+    /// one re-taken after the wait, with the slot free again.
+    fn wait_in_slot<'a>(
+        &'a self,
+        mut st: std::sync::MutexGuard<'a, State<T>>,
+        deadline: Option<Instant>,
+    ) -> std::sync::MutexGuard<'a, State<T>> {
+        let old = match &st.rx {
+            Some(u) if is_current(u) => None,
+            _ => st.rx.replace(Unparker::current()),
+        };
+        self.rx_waiting.store(true, Ordering::Relaxed);
+        let guard = SlotGuard { chan: self };
+        drop(st);
+        drop(old);
+        while self.rx_waiting.load(Ordering::Acquire) {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                break;
+            }
+            park_until(deadline);
+        }
+        st = lock(&self.state);
+        mem::forget(guard);
+        // Settle: a notifier already cleared the flag; else withdraw.
+        self.rx_waiting.store(false, Ordering::Relaxed);
+        st
+    }
+
     /// Receives one message, blocking (see [`recv_with`](Self::recv_with)).
     pub(crate) fn recv(&self, deadline: Option<Instant>) -> Result<T, RecvTimeoutError> {
-        self.recv_with(deadline, |st| {
-            let v = st.queue.pop_front().expect("checked non-empty");
-            (v, 1)
-        })
+        self.recv_with(deadline, |st| st.queue.pop_front().map(|v| (v, 1)))
     }
 
     /// Receives with `take` if a message is there, without blocking.

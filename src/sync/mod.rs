@@ -29,7 +29,9 @@
 //! "parked", and a wakeup given to a waiter whose timeout fired at the same
 //! moment is not lost: the waiter finds the flag set and acts on it (it owns
 //! the lock or permit it was handed, or re-checks the condition before it
-//! gives up). Waiters are woken in arrival order.
+//! gives up). Waiters are woken in arrival order. (The receiver of an
+//! [`mpsc`] channel, alone of its kind, waits in one slot of the channel
+//! instead of a queue node, under the same lock and the same rules.)
 //!
 //! # Compared with `std::sync`
 //!

@@ -54,7 +54,7 @@ use super::error::{RecvError, RecvTimeoutError, SendError, TryRecvError, TrySend
 /// assert_eq!(rx.recv().unwrap() + rx2.recv().unwrap(), 3);
 /// ```
 pub fn channel<T>() -> (Sender<T>, Receiver<T>) {
-    let chan = Arc::new(Chan::new(None));
+    let chan = Arc::new(Chan::new(None, false));
     (Sender { chan: chan.clone() }, Receiver { chan })
 }
 
@@ -71,7 +71,7 @@ pub fn channel<T>() -> (Sender<T>, Receiver<T>) {
 /// assert_eq!(rx.recv(), Ok(1));
 /// ```
 pub fn sync_channel<T>(bound: usize) -> (Sender<T>, Receiver<T>) {
-    let chan = Arc::new(Chan::new(Some(bound)));
+    let chan = Arc::new(Chan::new(Some(bound), false));
     (Sender { chan: chan.clone() }, Receiver { chan })
 }
 

@@ -57,7 +57,7 @@ use super::error::{RecvError, RecvTimeoutError, SendError, TryRecvError, TrySend
 /// h.join().unwrap();
 /// ```
 pub fn channel<T>() -> (Sender<T>, Receiver<T>) {
-    let chan = Arc::new(Chan::new(None));
+    let chan = Arc::new(Chan::new(None, true));
     (
         Sender { chan: chan.clone() },
         Receiver {
@@ -79,7 +79,7 @@ pub fn channel<T>() -> (Sender<T>, Receiver<T>) {
 /// h.join().unwrap();
 /// ```
 pub fn sync_channel<T>(bound: usize) -> (SyncSender<T>, Receiver<T>) {
-    let chan = Arc::new(Chan::new(Some(bound)));
+    let chan = Arc::new(Chan::new(Some(bound), true));
     (
         SyncSender { chan: chan.clone() },
         Receiver {
@@ -263,10 +263,19 @@ impl<T> Receiver<T> {
             return Ok(v);
         }
         if self.chan.is_unbounded() {
-            self.chan.recv_with(deadline, self.take_batch())?;
-            Ok(self
-                .pop_local()
-                .expect("a batch holds at least one message"))
+            // The private buffer is looked at again under the lock: fibers of
+            // one thread may wait on this receiver together (it is `!Sync`,
+            // not thread-bound), and one woken for a message may find that
+            // another took it into the buffer with its batch.
+            self.chan.recv_with(deadline, |st| {
+                let mut buf = self.buf.borrow_mut();
+                let mut n = 0;
+                if buf.is_empty() {
+                    mem::swap(&mut st.queue, &mut *buf);
+                    n = buf.len();
+                }
+                buf.pop_front().map(|v| (v, n))
+            })
         } else {
             self.chan.recv(deadline)
         }

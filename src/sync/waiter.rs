@@ -11,6 +11,10 @@
 //! A waiter is a small shared node, a `notified` flag, queued beside the
 //! [`Unparker`] of the fiber or thread that waits. The queue is FIFO.
 //!
+//! (The receiver of an `mpsc` channel, the only waiter of its kind, waits in
+//! a slot of the channel instead of a queue node: the same protocol, with a
+//! flag kept in the channel; see `chan.rs`.)
+//!
 //! # Protocol
 //!
 //! Waiting (the blocked side), all in [`Pending`]:
@@ -233,7 +237,8 @@ impl Wakeups {
         }
     }
 
-    fn push(&mut self, u: Unparker) {
+    /// Adds one unpark.
+    pub(crate) fn push(&mut self, u: Unparker) {
         if self.one.is_none() {
             self.one = Some(u);
         } else {
@@ -250,8 +255,10 @@ impl Drop for Wakeups {
         if let Some(u) = self.one.take() {
             u.unpark();
         }
-        for u in self.more.drain(..) {
-            u.unpark();
+        if !self.more.is_empty() {
+            for u in self.more.drain(..) {
+                u.unpark();
+            }
         }
     }
 }
