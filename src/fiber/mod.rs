@@ -12,6 +12,13 @@
 pub(crate) mod local;
 pub(crate) mod overflow;
 pub(crate) mod raw;
+pub(crate) mod state;
+
+/// The atomics [`state`] is written against: std's here; the loom model in
+/// `tests/loom_park` compiles the same file against loom's.
+mod state_atomic {
+    pub(crate) use std::sync::atomic::{AtomicU8, Ordering};
+}
 
 use std::fmt;
 use std::io;

@@ -24,23 +24,26 @@
 //! `unpark` is the mirror image: `PARKED -> RUNNING` (and the unparker pushes
 //! the fiber to its owner's queue), or `RUNNING -> NOTIFIED` (the token waits
 //! for the next park).
+//!
+//! The word and its transitions live in [`state`](super::state), a file with
+//! no other dependency, which the loom model in `tests/loom_park` compiles
+//! against loom's atomics: it checks every interleaving of a parking fiber,
+//! its worker and one or two unparkers for lost wakeups, double requeues and
+//! unparks after `DONE`. Run it with
+//! `CARGO_TARGET_DIR=target/loom cargo test --release --manifest-path tests/loom_park/Cargo.toml`.
 
 use std::any::Any;
 use std::cell::UnsafeCell;
 use std::collections::HashMap;
 use std::num::NonZeroU64;
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use corosensei::stack::DefaultStack;
 use corosensei::{Coroutine, Yielder};
 
+use super::state::ParkState;
 use crate::runtime::Shared;
-
-pub(crate) const RUNNING: u8 = 0;
-pub(crate) const NOTIFIED: u8 = 1;
-pub(crate) const PARKED: u8 = 2;
-pub(crate) const DONE: u8 = 3;
 
 /// Owner value of a fiber that has not run yet (any worker may steal it).
 pub(crate) const NO_OWNER: usize = usize::MAX;
@@ -73,7 +76,8 @@ pub(crate) struct RawFiber {
     pub(crate) id: NonZeroU64,
     pub(crate) name: Option<String>,
     pub(crate) stack_size: usize,
-    pub(crate) state: AtomicU8,
+    /// The park/unpark state word (see the module docs).
+    pub(crate) state: ParkState,
     /// Index of the worker that runs it; `NO_OWNER` until its first run.
     pub(crate) owner: AtomicUsize,
     pub(crate) shared: Arc<Shared>,
@@ -131,7 +135,7 @@ impl RawFiber {
             id: NonZeroU64::new(id).expect("fiber id counter overflowed"),
             name,
             stack_size,
-            state: AtomicU8::new(RUNNING),
+            state: ParkState::new(),
             owner: AtomicUsize::new(NO_OWNER),
             shared,
             body: UnsafeCell::new(Body::New(body)),
@@ -154,54 +158,30 @@ impl RawFiber {
 
     /// Consumes a pending token, if any. Called by the fiber before it
     /// switches out to park.
+    #[inline]
     pub(crate) fn try_consume_token(&self) -> bool {
-        self.state
-            .compare_exchange(NOTIFIED, RUNNING, Ordering::Acquire, Ordering::Relaxed)
-            .is_ok()
+        self.state.try_consume_token()
     }
 
     /// Second phase of parking, run by the worker after the fiber switched
     /// out. Returns `true` if the fiber is now parked, `false` if a token
     /// arrived and the fiber must be requeued.
+    #[inline]
     pub(crate) fn publish_parked(&self) -> bool {
-        match self
-            .state
-            .compare_exchange(RUNNING, PARKED, Ordering::AcqRel, Ordering::Acquire)
-        {
-            Ok(_) => true,
-            Err(NOTIFIED) => {
-                self.state.store(RUNNING, Ordering::Release);
-                false
-            }
-            Err(s) => unreachable!("fiber parked in state {s}"),
-        }
+        self.state.publish_parked()
     }
 
     /// Gives the fiber a token, requeueing it if it was parked.
+    #[inline]
     pub(crate) fn unpark(self: &Arc<Self>) {
-        let mut s = self.state.load(Ordering::Acquire);
-        loop {
-            let next = match s {
-                RUNNING => NOTIFIED,
-                PARKED => RUNNING,
-                _ => return, // NOTIFIED: token already there; DONE: too late.
-            };
-            match self
-                .state
-                .compare_exchange_weak(s, next, Ordering::AcqRel, Ordering::Acquire)
-            {
-                Ok(_) if s == PARKED => {
-                    crate::runtime::schedule_started(self.clone());
-                    return;
-                }
-                Ok(_) => return,
-                Err(actual) => s = actual,
-            }
+        if self.state.unpark() {
+            crate::runtime::schedule_started(self.clone());
         }
     }
 
+    #[inline]
     pub(crate) fn mark_done(&self) {
-        self.state.store(DONE, Ordering::Release);
+        self.state.mark_done();
     }
 }
 
