@@ -59,7 +59,11 @@ impl ParkState {
         {
             Ok(_) => true,
             Err(NOTIFIED) => {
-                self.0.store(RUNNING, Ordering::Release);
+                // Consume the token with a read-modify-write, not a store:
+                // another unparker may rewrite the token between the failed
+                // compare-exchange and here, and its writes must become
+                // visible to the fiber, which is about to run again.
+                self.0.swap(RUNNING, Ordering::AcqRel);
                 false
             }
             Err(s) => unreachable!("fiber parked in state {s}"),
@@ -76,7 +80,14 @@ impl ParkState {
             let next = match s {
                 RUNNING => NOTIFIED,
                 PARKED => RUNNING,
-                _ => return false, // NOTIFIED: token already there; DONE: too late.
+                // A token is already there, but this unpark must still
+                // publish the caller's earlier writes to the park that will
+                // consume it (as std's `unpark` does): rewrite the token with
+                // release ordering. A plain load here would let the fiber
+                // consume the other unparker's token without seeing them, and
+                // park again for good.
+                NOTIFIED => NOTIFIED,
+                _ => return false, // DONE: too late.
             };
             match self
                 .0

@@ -19,12 +19,15 @@
 //! checks at the end that each switch-out got exactly one requeue and that
 //! `DONE` ignores unparks.
 //!
-//! Not modelled as passing: two unparkers that each publish a lock-free flag
-//! (a release store, no lock) for one fiber. An unpark that finds a token
-//! already pending returns after a plain load, so its earlier writes are not
-//! ordered before the park that consumes the other unparker's token, and loom
-//! finds a lost wakeup there. weave's primitives keep their conditions under
-//! a lock, which `concurrent_unparkers` models.
+//! `lock_free_flags_from_two_unparkers` checks the `std::thread::park`
+//! promise that every unpark publishes the unparker's earlier writes to the
+//! park that returns because of it, with two unparkers that each set a
+//! lock-free flag. It found two lost wakeups that are fixed in `state.rs`:
+//! an unpark that found a token already pending returned after a plain load
+//! (so its writes were never released to the fiber), and the worker consumed
+//! a token that raced with parking by a plain store (which could overwrite a
+//! second unparker's token without acquiring its writes). Both are
+//! read-modify-writes now.
 //!
 //! Run with `cargo test --release --manifest-path tests/loom_park/Cargo.toml`
 //! (no `--cfg loom` needed; `LOOM_MAX_PREEMPTIONS` bounds the search if set).
@@ -228,6 +231,32 @@ mod tests {
                 })
                 .collect();
             while *done.lock().unwrap() < 2 {
+                fiber.park();
+            }
+            fiber.finish();
+            for t in wakers {
+                t.join().unwrap();
+            }
+            fiber.check_end();
+        });
+    }
+
+    /// Two unparkers that each publish a lock-free flag: the fiber must see
+    /// both flags eventually. An unpark that finds a token already pending
+    /// still has to publish its own writes to the park that consumes it,
+    /// so `unpark` writes the state (a compare-exchange) even then.
+    #[test]
+    fn lock_free_flags_from_two_unparkers() {
+        let mut model = loom::model::Builder::new();
+        model.preemption_bound.get_or_insert(3);
+        model.check(|| {
+            let fiber = Fiber::new();
+            let flags = [
+                Arc::new(AtomicBool::new(false)),
+                Arc::new(AtomicBool::new(false)),
+            ];
+            let wakers: Vec<_> = flags.iter().map(|f| waker(&fiber, f)).collect();
+            while !flags.iter().all(|f| f.load(Ordering::Acquire)) {
                 fiber.park();
             }
             fiber.finish();
