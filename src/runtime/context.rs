@@ -1,4 +1,4 @@
-//! The crate's only `thread_local!`: which worker (if any) runs on this thread.
+//! The runtime's `thread_local!`: which worker (if any) runs on this thread.
 //!
 //! # Thread-locals across a context switch
 //!
@@ -11,6 +11,9 @@
 //! 2. Independently of (1), the accessor below is `#[inline(never)]`: the
 //!    address is computed inside a real call made *after* the switch returns,
 //!    never hoisted into the code before it.
+//!
+//! The crate's other thread-locals (fiber-local storage, the overflow
+//! handler's current fiber, the sync waiter node cache) rely on (1) alone.
 
 use std::cell::Cell;
 use std::ptr;
