@@ -473,6 +473,16 @@ impl Journal {
     /// The file cannot be opened or the thread cannot start.
     pub fn start(cfg: Config, len: u64, store: &Arc<Store>) -> io::Result<Journal> {
         let file = OpenOptions::new().append(true).open(&cfg.path)?;
+        // A compaction cut short by a crash leaves its temp file; the log
+        // itself is complete without it.
+        match std::fs::remove_file(rewrite_path(&cfg.path)) {
+            Ok(()) => log::info!("{}: removed an unfinished compaction", cfg.path.display()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => log::warn!(
+                "{}: cannot remove an unfinished compaction: {e}",
+                cfg.path.display()
+            ),
+        }
         let (tx, rx) = mpsc::channel();
         let writer = Writer {
             file,
@@ -1006,6 +1016,19 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         assert!(!tmp.exists(), "a compaction left its temp file behind");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn start_removes_an_unfinished_compaction() {
+        let d = tmpdir("stale-rewrite");
+        let p = d.join("s.aof");
+        let st = store();
+        let rep = replay(&p, &st).unwrap();
+        std::fs::write(rewrite_path(&p), b"half a compaction").unwrap();
+        st.attach_journal(Journal::start(cfg(&p, Fsync::Always), rep.len, &st).unwrap());
+        assert!(!rewrite_path(&p).exists());
+        drop(st);
         let _ = std::fs::remove_dir_all(&d);
     }
 
