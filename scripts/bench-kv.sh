@@ -86,43 +86,16 @@ PY
     exit 1
 }
 
-median() { sort -g | awk '{a[NR]=$1} END {if (NR==0) print "na"; else print a[int((NR+1)/2)]}'; }
-
-results=$(mktemp)
-for depth in $DEPTHS; do
-    for round in $(seq 1 "$ROUNDS"); do
-        for name in kv memcached; do
-            port=$(free_port)
-            start_server "$name" "$port"
-            line=$(timeout $((SECS + 120)) "$LOAD" --addr "127.0.0.1:$port" --conns "$CONNS" \
-                --depth "$depth" --secs "$SECS" --max-ops "$MAX_OPS" --server-pid "$server_pid" |
-                grep '^RESULT')
-            stop_server
-            echo "$name depth=$depth round=$round $line" >&2
-            echo "$name $depth $line" >>"$results"
-        done
-    done
-done
-
-field() { # name depth key
-    grep "^$1 $2 " "$results" | tr ' ' '\n' | grep "^$3=" | cut -d= -f2 | median
-}
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a=="na" || b=="na" || b==0) print "na"; else printf "%.2f", a/b }'; }
+# shellcheck source=scripts/lib/ab-load.sh
+. scripts/lib/ab-load.sh
+ab_run kv memcached start_server stop_server server_pid
 
 table=$(
-    echo "| depth | server | requests/s | p99 (µs) | server CPU µs/request |"
-    echo "|---|---|---|---|---|"
-    for depth in $DEPTHS; do
-        for name in kv memcached; do
-            echo "| $depth | $name | $(field $name $depth ops_per_sec) | $(field $name $depth p99_us) | $(field $name $depth server_cpu_us_per_op) |"
-        done
-        echo "| $depth | kv / memcached | $(ratio "$(field kv $depth ops_per_sec)" "$(field memcached $depth ops_per_sec)") | $(ratio "$(field kv $depth p99_us)" "$(field memcached $depth p99_us)") | $(ratio "$(field kv $depth server_cpu_us_per_op)" "$(field memcached $depth server_cpu_us_per_op)") |"
-    done
+    ab_table kv memcached server
     echo
     echo "$THREADS server threads, $CONNS connections, 1:9 set:get, 100k keys, 100-byte values;"
     echo "medians of $ROUNDS runs of ${SECS} s each, servers alternated; $(nproc) cores, loopback."
 )
-rm -f "$results"
 echo "$table"
 if [ -n "$OUT" ]; then
     echo "$table" >"$OUT"
