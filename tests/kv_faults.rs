@@ -6,10 +6,10 @@
 //! spinning process would reach.
 
 mod kv_common;
+mod sock_util;
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -19,6 +19,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use kv_common::{Server, IO_TIMEOUT};
+use sock_util::reset_on_close;
 
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("kv-faults-{name}-{}", std::process::id()));
@@ -410,25 +411,6 @@ fn flood_past_the_connection_limit() {
     assert_eq!(sv + rj, 3 * 64);
     assert!(sv <= 3 * 16, "more than the limit were served at once");
     assert!(rj >= 3 * 48, "the limit was not enforced: {rj} rejected");
-}
-
-/// Sets SO_LINGER to zero, so closing sends a reset.
-fn reset_on_close(s: &TcpStream) {
-    let l = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: setsockopt reads `l`, whose size we pass; the fd is open.
-    let r = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&l as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(r, 0);
 }
 
 #[test]

@@ -4,15 +4,17 @@
 //! documented outcome: the process aborts with a message naming the
 //! connection's fiber and its stack size).
 
+mod sock_util;
+
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use sock_util::reset_on_close;
 use weave::server::{Conn, Server, Summary};
 
 const CHILD_ENV: &str = "WEAVE_CHILD";
@@ -138,25 +140,6 @@ fn handler_panics_close_only_their_connection() {
     let summary = stop();
     assert_eq!(summary.counters.panics, 10);
     assert_eq!(summary.still_open, 0);
-}
-
-/// Sets SO_LINGER to zero, so closing sends a reset.
-fn reset_on_close(s: &TcpStream) {
-    let l = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: setsockopt reads `l`, whose size we pass; the fd is open.
-    let r = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&l as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(r, 0);
 }
 
 #[test]
