@@ -295,16 +295,9 @@ impl<S: mio::event::Source + AsRawFd> IoSource<S> {
         &self,
         deadline: Option<Instant>,
         want: usize,
-        mut op: impl FnMut(&S) -> io::Result<usize>,
+        op: impl FnMut(&S) -> io::Result<usize>,
     ) -> io::Result<usize> {
-        let mut snapshot = 0;
-        let n = self.do_io(Direction::Read, deadline, |s| {
-            snapshot = self
-                .reg
-                .get()
-                .map_or(0, |r| r.io.readiness.load(Ordering::Acquire));
-            op(s)
-        })?;
+        let (n, snapshot) = self.io_loop(Direction::Read, deadline, op)?;
         if n > 0 && n < want && snapshot & (READ | HUP) == READ {
             if let Some(r) = self.reg.get() {
                 r.io.clear(Direction::Read, snapshot);
@@ -319,8 +312,19 @@ impl<S: mio::event::Source + AsRawFd> IoSource<S> {
         &self,
         dir: Direction,
         deadline: Option<Instant>,
-        mut op: impl FnMut(&S) -> io::Result<R>,
+        op: impl FnMut(&S) -> io::Result<R>,
     ) -> io::Result<R> {
+        self.io_loop(dir, deadline, op).map(|(r, _)| r)
+    }
+
+    /// [`do_io`](Self::do_io), also returning the readiness word as it was
+    /// just before the attempt that succeeded (0 if unregistered then).
+    fn io_loop<R>(
+        &self,
+        dir: Direction,
+        deadline: Option<Instant>,
+        mut op: impl FnMut(&S) -> io::Result<R>,
+    ) -> io::Result<(R, usize)> {
         loop {
             let reg = self.reg.get();
             let snapshot = reg.map_or(0, |r| r.io.readiness.load(Ordering::Acquire));
@@ -334,7 +338,7 @@ impl<S: mio::event::Source + AsRawFd> IoSource<S> {
                         }
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    res => return res,
+                    res => return res.map(|r| (r, snapshot)),
                 }
             }
             self.wait(dir, deadline)?;

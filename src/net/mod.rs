@@ -60,13 +60,15 @@ impl AtomicTimeout {
     }
 }
 
-/// Resolves `addr` and calls `f` on each address until one succeeds,
-/// returning the last error otherwise (as `std::net` does).
+/// Resolves `addr` inline (no offload: used where the address is nearly
+/// always an IP literal, as in bind and send_to) and calls `f` on each
+/// address until one succeeds, returning the last error otherwise (as
+/// `std::net` does).
 pub(crate) fn each_addr<A: ToSocketAddrs, T>(
     addr: A,
     f: impl FnMut(&SocketAddr) -> io::Result<T>,
 ) -> io::Result<T> {
-    first_ok(resolve(addr)?, f)
+    first_ok(addr.to_socket_addrs()?, f)
 }
 
 /// Calls `f` on each address until one succeeds; the last error otherwise.
@@ -87,13 +89,6 @@ pub(crate) fn first_ok<T>(
             "could not resolve to any addresses",
         )
     }))
-}
-
-/// Resolves `addr` inline: no offload. Used where the address is nearly
-/// always an IP literal (bind, send_to) and the bound is `ToSocketAddrs`
-/// alone, as in std.
-fn resolve<A: ToSocketAddrs>(addr: A) -> io::Result<std::vec::IntoIter<SocketAddr>> {
-    Ok(addr.to_socket_addrs()?.collect::<Vec<_>>().into_iter())
 }
 
 /// Resolves `addr` without stalling the worker: on a fiber, the lookup
