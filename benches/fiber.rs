@@ -34,51 +34,17 @@
 use std::hint::black_box;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Once};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use criterion::Criterion;
 
+mod common;
+use common::{config, may_one_worker, may_spawn, weave_rt};
+
 /// Environment variable that turns this binary into the `may` ping-pong child.
 const CHILD_ENV: &str = "WEAVE_FIBER_BENCH_MAY_PING_PONG_ITERS";
-
-fn config() -> Criterion {
-    Criterion::default()
-        .sample_size(20)
-        .warm_up_time(Duration::from_millis(300))
-        .measurement_time(Duration::from_millis(1500))
-        .configure_from_args()
-}
-
-/// `may` with one unpinned worker, configured once before its first use.
-fn may_one_worker() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        may::config().set_workers(1).set_worker_pin(false);
-    });
-}
-
-/// Spawns a `may` coroutine.
-fn may_spawn<F, T>(f: F) -> may::coroutine::JoinHandle<T>
-where
-    F: FnOnce() -> T + Send + 'static,
-    T: Send + 'static,
-{
-    // SAFETY: may's spawn is unsafe because coroutines may migrate between
-    // threads (so thread-locals read across a switch can be stale) and
-    // because their stacks have no overflow check. Every closure spawned here
-    // only touches atomics, `Instant` and may's own primitives, uses far less
-    // than may's default stack, and holds no thread-local across a switch.
-    unsafe { may::coroutine::spawn(f) }
-}
-
-fn weave_rt(workers: usize) -> weave::Runtime {
-    weave::Runtime::builder()
-        .workers(workers)
-        .build()
-        .expect("weave runtime")
-}
 
 // ---------------------------------------------------------------------------
 // spawn + join

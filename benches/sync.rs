@@ -23,46 +23,13 @@
 //! gives it one worker for ping-pong and the throughput group runs it with
 //! that same worker (a second may worker cannot be added later).
 
-use std::sync::Once;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
 
-fn config() -> Criterion {
-    Criterion::default()
-        .sample_size(20)
-        .warm_up_time(Duration::from_millis(300))
-        .measurement_time(Duration::from_millis(1500))
-        .configure_from_args()
-}
-
-fn may_one_worker() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        may::config().set_workers(1).set_worker_pin(false);
-    });
-}
-
-fn may_spawn<F, T>(f: F) -> may::coroutine::JoinHandle<T>
-where
-    F: FnOnce() -> T + Send + 'static,
-    T: Send + 'static,
-{
-    // SAFETY: may's spawn is unsafe because coroutines may migrate between
-    // threads (thread-locals read across a switch can be stale) and their
-    // stacks have no overflow check. The closures spawned here only use
-    // may's channels and `Instant`, need a few KiB of stack, and read no
-    // thread-local across a switch.
-    unsafe { may::coroutine::spawn(f) }
-}
-
-fn weave_rt(workers: usize) -> weave::Runtime {
-    weave::Runtime::builder()
-        .workers(workers)
-        .build()
-        .expect("weave runtime")
-}
+mod common;
+use common::{config, may_one_worker, may_spawn, weave_rt};
 
 // ----- ping-pong -----------------------------------------------------------
 
