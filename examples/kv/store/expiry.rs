@@ -1,0 +1,123 @@
+//! Time: the clock, expiry times, `flush_all` and the expiry sweep (see
+//! "Expiry and flush" in the module docs).
+
+use std::sync::atomic::Ordering;
+use std::sync::MutexGuard;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::aof::Record;
+
+use super::*;
+
+/// Where the store gets "now" from.
+#[derive(Debug)]
+pub enum Clock {
+    /// The system clock.
+    System,
+    /// A settable clock for tests, in Unix seconds.
+    #[cfg(test)]
+    Manual(AtomicU64),
+}
+
+impl Clock {
+    /// Now, in Unix seconds.
+    pub fn now(&self) -> u64 {
+        match self {
+            Clock::System => SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            #[cfg(test)]
+            Clock::Manual(t) => t.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Moves a manual clock forward (no effect on the system clock).
+    #[cfg(test)]
+    pub fn advance(&self, secs: u64) {
+        if let Clock::Manual(t) = self {
+            t.fetch_add(secs, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Store {
+    /// Converts a protocol expiry (0 = never, negative = already expired,
+    /// up to 30 days = relative, beyond = absolute Unix time) to an absolute
+    /// Unix time (0 = never).
+    pub fn abs_expiry(&self, exptime: i64) -> u64 {
+        if exptime == 0 {
+            0
+        } else if exptime < 0 {
+            1
+        } else if exptime <= REL_EXPIRY_MAX {
+            self.now() + exptime as u64
+        } else {
+            exptime as u64
+        }
+    }
+
+    /// `flush_all`: with `delay <= 0` everything goes now; otherwise items
+    /// stored before now + delay become invalid at that time.
+    pub fn flush(&self, delay: i64) -> Persisted<()> {
+        bump(&self.stats.cmd_flush);
+        let at = if delay > 0 { self.abs_expiry(delay) } else { 0 };
+        // All shard locks, in order, so the flush is one point in every
+        // key's history and in the journal.
+        let mut guards: Vec<MutexGuard<'_, Shard>> = (0..SHARDS).map(|i| self.lock(i)).collect();
+        self.apply_flush(&mut guards, at);
+        let ticket = self.journal_submit(|| Record::Flush { at });
+        drop(guards);
+        match ticket {
+            None => Ok(()),
+            Some(t) => t.wait(),
+        }
+    }
+
+    pub(crate) fn apply_flush(&self, guards: &mut [MutexGuard<'_, Shard>], at: u64) {
+        if at == 0 {
+            self.flush_at.store(0, Ordering::Relaxed);
+            for g in guards.iter_mut() {
+                g.clear(&self.stats);
+            }
+        } else {
+            self.flush_at.store(at, Ordering::Relaxed);
+        }
+    }
+
+    /// Removes expired and flushed items, examining at most `budget` slots
+    /// (spread over the shards in turn). Returns how many were removed.
+    pub fn sweep_expired(&self, budget: usize) -> usize {
+        let now = self.now();
+        let per_shard = budget.div_ceil(SHARDS).max(1);
+        let mut removed = 0;
+        let mut examined = 0;
+        while examined < budget {
+            let i = self.sweep_shard.fetch_add(1, Ordering::Relaxed) & (SHARDS - 1);
+            let mut sh = self.lock(i);
+            let len = sh.slots.len();
+            if len == 0 {
+                examined += per_shard;
+                continue;
+            }
+            let mut cursor = sh.sweep_cursor % len;
+            for _ in 0..per_shard.min(len) {
+                let dead = matches!(&sh.slots[cursor], Some(e) if self.dead(e, now).is_some());
+                if dead {
+                    sh.remove(cursor as u32, &self.stats);
+                    bump(&self.stats.reclaimed);
+                    removed += 1;
+                }
+                cursor = (cursor + 1) % len;
+            }
+            sh.sweep_cursor = cursor;
+            examined += per_shard;
+        }
+        removed
+    }
+
+    /// A pending delayed flush (Unix seconds), if one is set.
+    pub fn pending_flush(&self) -> u64 {
+        self.flush_at.load(Ordering::Relaxed)
+    }
+}

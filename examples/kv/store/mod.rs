@@ -1,0 +1,594 @@
+//! The item store: a sharded hash table with a per-shard LRU list, lazy and
+//! swept expiry, CAS uniques, memory-limited eviction and the statistics the
+//! `stats` command reports.
+//!
+//! # Layout
+//!
+//! Keys hash to one of [`SHARDS`] shards, each a `Mutex` around a hash map
+//! from key to a slot in a slab. Slots hold the item and the links of an
+//! intrusive doubly linked LRU list (indices, not pointers), so a hit moves an
+//! item to the front in O(1) and eviction pops the tail in O(1). Locks are
+//! held only for the map operation itself; values are `Arc<[u8]>`, so a read
+//! clones a pointer under the lock and copies the bytes to the socket after
+//! the lock is gone.
+//!
+//! # Memory limit and eviction
+//!
+//! An item costs `key + value + ITEM_OVERHEAD` bytes against the limit, which
+//! is global (one atomic counter). A store that pushes the total past the
+//! limit evicts until it is back under: each eviction compares the LRU tails
+//! (last-use timestamps) of up to 8 non-empty shards, its own first, and
+//! removes the oldest, never the item just stored; shards are locked one at
+//! a time. Each shard's list is exact LRU; across shards this is a sampled
+//! approximation in the spirit of Redis's, over whole shard tails: an item
+//! is evicted only when it is the least recently used of its shard and older
+//! than the tails of the other sampled shards. Concurrent stores may
+//! overshoot the limit by at most one item per storing thread until their
+//! eviction passes run.
+//!
+//! # Expiry and flush
+//!
+//! Expiry times are absolute Unix seconds (0 = never). Expired items are
+//! removed when touched by a command and by [`Store::sweep_expired`], which
+//! the server calls from a timer with a budget of slots to examine.
+//! `flush_all` without delay empties every shard at once; with a delay it
+//! records the flush time, and from then on items stored before that time
+//! read as absent (and are reclaimed lazily or by the sweep).
+//!
+//! # Files
+//!
+//! This file holds the commands; [`shard`] the layout, [`evict`] the memory
+//! limit, [`expiry`] the clock, expiry and flush, [`stats`] the counters,
+//! [`journal`] the link to the append-only log.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use crate::aof::{Journal, Record};
+
+mod evict;
+mod expiry;
+mod journal;
+mod shard;
+mod stats;
+#[cfg(test)]
+mod tests;
+
+pub use expiry::Clock;
+use shard::{Dead, Entry, Shard, NIL};
+use stats::bump;
+pub use stats::Stats;
+
+/// Number of shards; a power of two.
+pub const SHARDS: usize = 64;
+/// Longest key, in bytes (memcached's limit).
+pub const KEY_MAX: usize = 250;
+/// Bytes charged per item on top of key and value.
+pub const ITEM_OVERHEAD: usize = 50;
+/// Expiry values up to this many seconds are relative to now; larger ones
+/// are absolute Unix times.
+pub const REL_EXPIRY_MAX: i64 = 60 * 60 * 24 * 30;
+
+/// An item's value bytes, shared so reads can copy them outside the lock.
+pub type Value = Arc<[u8]>;
+
+/// A copy of an item as a read returns it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Item {
+    /// The value bytes.
+    pub value: Value,
+    /// The client's opaque flags.
+    pub flags: u32,
+    /// Absolute expiry in Unix seconds, 0 for never.
+    pub exptime: u64,
+    /// The item's CAS unique.
+    pub cas: u64,
+}
+
+/// How a storage command treats an existing (or missing) item.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Store unconditionally.
+    Set,
+    /// Store only if the key is absent.
+    Add,
+    /// Store only if the key is present.
+    Replace,
+    /// Add the data after the existing value (flags and expiry kept).
+    Append,
+    /// Add the data before the existing value (flags and expiry kept).
+    Prepend,
+    /// Store only if the item's CAS unique equals this one.
+    Cas(u64),
+}
+
+/// Outcome of a storage command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreStatus {
+    /// Stored; carries the new CAS unique.
+    Stored(u64),
+    /// The mode's condition failed (add on present, replace/append on absent).
+    NotStored,
+    /// CAS mismatch.
+    Exists,
+    /// CAS on a missing key.
+    NotFound,
+    /// The resulting value (after append/prepend) exceeds the item size
+    /// limit.
+    TooLarge,
+    /// The item alone is bigger than the whole memory limit.
+    NoMemory,
+}
+
+/// Outcome of a delete.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeleteStatus {
+    /// Removed.
+    Deleted,
+    /// No such key.
+    NotFound,
+    /// A CAS unique was given and did not match.
+    Exists,
+}
+
+/// Outcome of incr/decr.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeltaStatus {
+    /// The new value and the item's new CAS unique.
+    Value(u64, u64),
+    /// No such key (and no initial value to create it with).
+    NotFound,
+    /// The stored value is not a decimal number below 2^64.
+    NonNumeric,
+    /// A CAS unique was given and did not match.
+    Exists,
+}
+
+/// The journal could not record a mutation: the client must get an error,
+/// never an acknowledgement.
+#[derive(Debug, Clone)]
+pub struct PersistError(pub String);
+
+impl std::fmt::Display for PersistError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "append-only log write failed: {}", self.0)
+    }
+}
+
+/// The store. Shared by all connections (`Arc<Store>`).
+#[derive(Debug)]
+pub struct Store {
+    shards: Box<[Mutex<Shard>]>,
+    hasher: std::collections::hash_map::RandomState,
+    cas: AtomicU64,
+    limit: AtomicUsize,
+    item_max: AtomicUsize,
+    /// Pending or past delayed flush: Unix seconds, 0 for none.
+    flush_at: AtomicU64,
+    sweep_shard: AtomicUsize,
+    evict_cursor: AtomicUsize,
+    epoch: std::time::Instant,
+    clock: Clock,
+    journal: OnceLock<Journal>,
+    /// Statistics.
+    pub stats: Stats,
+}
+
+/// The result of a mutation plus the journal's verdict on it.
+type Persisted<T> = Result<T, PersistError>;
+
+impl Store {
+    /// A store with a memory limit in bytes, on the system clock.
+    pub fn new(limit_bytes: usize) -> Store {
+        Store::with_clock(limit_bytes, Clock::System)
+    }
+
+    /// A store with a memory limit in bytes and the given clock.
+    pub fn with_clock(limit_bytes: usize, clock: Clock) -> Store {
+        Store {
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::new())).collect(),
+            hasher: Default::default(),
+            cas: AtomicU64::new(0),
+            limit: AtomicUsize::new(limit_bytes),
+            item_max: AtomicUsize::new(usize::MAX),
+            flush_at: AtomicU64::new(0),
+            sweep_shard: AtomicUsize::new(0),
+            evict_cursor: AtomicUsize::new(0),
+            epoch: std::time::Instant::now(),
+            clock,
+            journal: OnceLock::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// The clock this store reads.
+    #[cfg(test)]
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// Now, in Unix seconds.
+    pub fn now(&self) -> u64 {
+        self.clock.now()
+    }
+
+    /// The memory limit in bytes.
+    pub fn limit(&self) -> usize {
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    /// Sets the largest value append/prepend may build (the protocol
+    /// layer checks plain stores before reading their data).
+    pub fn set_item_max(&self, bytes: usize) {
+        self.item_max.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Changes the memory limit (evicting if now over it).
+    pub fn set_limit(&self, bytes: usize) {
+        self.limit.store(bytes, Ordering::Relaxed);
+        self.evict(0, None);
+    }
+
+    fn shard_of(&self, key: &[u8]) -> usize {
+        use std::hash::BuildHasher;
+        (self.hasher.hash_one(key) >> 32) as usize & (SHARDS - 1)
+    }
+
+    fn lock(&self, i: usize) -> MutexGuard<'_, Shard> {
+        // A panic while holding a shard lock cannot leave the shard
+        // half-updated in a way later operations trip on more than they
+        // would anyway; keep serving.
+        self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn next_cas(&self) -> u64 {
+        self.cas.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Why the entry at `idx` is dead, if it is.
+    fn dead(&self, e: &Entry, now: u64) -> Option<Dead> {
+        if e.exptime != 0 && e.exptime <= now {
+            return Some(Dead::Expired);
+        }
+        let f = self.flush_at.load(Ordering::Relaxed);
+        if f != 0 && f <= now && e.stored < f {
+            return Some(Dead::Flushed);
+        }
+        None
+    }
+
+    /// Finds a live entry, reclaiming a dead one on the way.
+    fn find(&self, sh: &mut Shard, key: &[u8], now: u64) -> (Option<u32>, Option<Dead>) {
+        let idx = match sh.map.get(key) {
+            Some(&i) => i,
+            None => return (None, None),
+        };
+        match self.dead(sh.entry(idx), now) {
+            None => (Some(idx), None),
+            Some(d) => {
+                sh.remove(idx, &self.stats);
+                bump(&self.stats.reclaimed);
+                (None, Some(d))
+            }
+        }
+    }
+
+    /// Removes a key without journaling it.
+    fn forget(&self, key: &[u8]) {
+        let mut sh = self.lock(self.shard_of(key));
+        if let Some(&idx) = sh.map.get(key) {
+            sh.remove(idx, &self.stats);
+        }
+    }
+
+    /// Looks a key up (get/gets), counting hits and misses.
+    pub fn get(&self, key: &[u8]) -> Option<Item> {
+        bump(&self.stats.cmd_get);
+        let now = self.now();
+        let i = self.shard_of(key);
+        let mut sh = self.lock(i);
+        let (found, dead) = self.find(&mut sh, key, now);
+        let out = found.map(|idx| {
+            sh.bump(idx, self.tick());
+            sh.entry(idx).item()
+        });
+        drop(sh);
+        self.count_get(&out, dead);
+        out
+    }
+
+    fn count_get(&self, out: &Option<Item>, dead: Option<Dead>) {
+        match (out, dead) {
+            (Some(_), _) => bump(&self.stats.get_hits),
+            (None, d) => {
+                bump(&self.stats.get_misses);
+                match d {
+                    Some(Dead::Expired) => bump(&self.stats.get_expired),
+                    Some(Dead::Flushed) => bump(&self.stats.get_flushed),
+                    None => {}
+                }
+            }
+        }
+    }
+
+    /// Looks a key up and sets its expiry (gat/gats).
+    pub fn get_and_touch(&self, key: &[u8], exptime: i64) -> Persisted<Option<Item>> {
+        bump(&self.stats.cmd_get);
+        bump(&self.stats.cmd_touch);
+        let r = self.touch_inner(key, exptime)?;
+        match r {
+            Some(_) => bump(&self.stats.touch_hits),
+            None => bump(&self.stats.touch_misses),
+        }
+        self.count_get(&r, None);
+        Ok(r)
+    }
+
+    /// Sets a key's expiry; true if it existed.
+    pub fn touch(&self, key: &[u8], exptime: i64) -> Persisted<bool> {
+        bump(&self.stats.cmd_touch);
+        let r = self.touch_inner(key, exptime)?.is_some();
+        if r {
+            bump(&self.stats.touch_hits);
+        } else {
+            bump(&self.stats.touch_misses);
+        }
+        Ok(r)
+    }
+
+    fn touch_inner(&self, key: &[u8], exptime: i64) -> Persisted<Option<Item>> {
+        let now = self.now();
+        let exp = self.abs_expiry(exptime);
+        let mut sh = self.lock(self.shard_of(key));
+        let (found, _) = self.find(&mut sh, key, now);
+        let Some(idx) = found else {
+            return Ok(None);
+        };
+        sh.bump(idx, self.tick());
+        let e = sh.entry_mut(idx);
+        e.exptime = exp;
+        let item = e.item();
+        let ticket = self.journal_submit(|| Record::Touch {
+            key: key.into(),
+            exptime: exp,
+        });
+        drop(sh);
+        self.journal_wait(ticket, key)?;
+        Ok(Some(item))
+    }
+
+    /// A storage command: set, add, replace, append, prepend or cas.
+    /// `exptime` is the protocol's value (see [`Store::abs_expiry`]).
+    pub fn store(
+        &self,
+        mode: Mode,
+        key: &[u8],
+        data: Value,
+        flags: u32,
+        exptime: i64,
+    ) -> Persisted<StoreStatus> {
+        bump(&self.stats.cmd_set);
+        let exp = self.abs_expiry(exptime);
+        self.store_abs(mode, key, data, flags, exp)
+    }
+
+    /// [`Store::store`] with an absolute expiry.
+    pub fn store_abs(
+        &self,
+        mode: Mode,
+        key: &[u8],
+        data: Value,
+        flags: u32,
+        exp: u64,
+    ) -> Persisted<StoreStatus> {
+        let size = key.len() + data.len() + ITEM_OVERHEAD;
+        if size > self.limit() {
+            return Ok(StoreStatus::NoMemory);
+        }
+        let now = self.now();
+        let i = self.shard_of(key);
+        let mut sh = self.lock(i);
+        let (found, _) = self.find(&mut sh, key, now);
+        let (value, flags, exp) = match (mode, found) {
+            (Mode::Set, _) => (data, flags, exp),
+            (Mode::Add, None) => (data, flags, exp),
+            (Mode::Add, Some(idx)) => {
+                // memcached refreshes the existing item's LRU position.
+                sh.bump(idx, self.tick());
+                return Ok(StoreStatus::NotStored);
+            }
+            (Mode::Replace | Mode::Append | Mode::Prepend, None) => {
+                return Ok(StoreStatus::NotStored);
+            }
+            (Mode::Cas(_), None) => {
+                bump(&self.stats.cas_misses);
+                return Ok(StoreStatus::NotFound);
+            }
+            (Mode::Cas(c), Some(idx)) if sh.entry(idx).cas != c => {
+                bump(&self.stats.cas_badval);
+                return Ok(StoreStatus::Exists);
+            }
+            (Mode::Cas(_) | Mode::Replace, Some(_)) => (data, flags, exp),
+            (Mode::Append, Some(idx)) => {
+                let e = sh.entry(idx);
+                let mut v = Vec::with_capacity(e.value.len() + data.len());
+                v.extend_from_slice(&e.value);
+                v.extend_from_slice(&data);
+                (Value::from(v), e.flags, e.exptime)
+            }
+            (Mode::Prepend, Some(idx)) => {
+                let e = sh.entry(idx);
+                let mut v = Vec::with_capacity(e.value.len() + data.len());
+                v.extend_from_slice(&data);
+                v.extend_from_slice(&e.value);
+                (Value::from(v), e.flags, e.exptime)
+            }
+        };
+        if value.len() > self.item_max.load(Ordering::Relaxed) {
+            return Ok(StoreStatus::TooLarge);
+        }
+        if let Mode::Cas(_) = mode {
+            bump(&self.stats.cas_hits);
+        }
+        let cas = self.next_cas();
+        let ticket = self.journal_submit(|| Record::Set {
+            key: key.into(),
+            value: value.clone(),
+            flags,
+            exptime: exp,
+            stored: now,
+        });
+        self.put(&mut sh, found, key, value, flags, exp, now, cas);
+        drop(sh);
+        self.journal_wait(ticket, key)?;
+        self.evict(i, Some(key));
+        Ok(StoreStatus::Stored(cas))
+    }
+
+    /// Writes a value into the shard (replacing or inserting).
+    #[allow(clippy::too_many_arguments)]
+    fn put(
+        &self,
+        sh: &mut Shard,
+        found: Option<u32>,
+        key: &[u8],
+        value: Value,
+        flags: u32,
+        exp: u64,
+        now: u64,
+        cas: u64,
+    ) {
+        bump(&self.stats.total_items);
+        let atime = self.tick();
+        match found {
+            Some(idx) => {
+                sh.replace(idx, value, flags, exp, now, cas, &self.stats);
+                sh.bump(idx, atime);
+            }
+            None => {
+                sh.insert(
+                    Entry {
+                        key: key.into(),
+                        value,
+                        flags,
+                        exptime: exp,
+                        stored: now,
+                        cas,
+                        atime,
+                    },
+                    &self.stats,
+                );
+            }
+        }
+    }
+
+    /// Deletes a key; with `cas != 0` only if the CAS unique matches.
+    pub fn delete(&self, key: &[u8], cas: u64) -> Persisted<DeleteStatus> {
+        let now = self.now();
+        let mut sh = self.lock(self.shard_of(key));
+        let (found, _) = self.find(&mut sh, key, now);
+        let status = match found {
+            None => DeleteStatus::NotFound,
+            Some(idx) if cas != 0 && sh.entry(idx).cas != cas => DeleteStatus::Exists,
+            Some(idx) => {
+                sh.remove(idx, &self.stats);
+                DeleteStatus::Deleted
+            }
+        };
+        let ticket = if status == DeleteStatus::Deleted {
+            self.journal_submit(|| Record::Delete { key: key.into() })
+        } else {
+            None
+        };
+        drop(sh);
+        match status {
+            DeleteStatus::Deleted => bump(&self.stats.delete_hits),
+            _ => bump(&self.stats.delete_misses),
+        }
+        self.journal_wait(ticket, key)?;
+        Ok(status)
+    }
+
+    /// Increments (`incr`) or decrements a decimal value. Increments wrap at
+    /// 2^64, decrements stop at 0. With `initial = Some((value, exptime))` a
+    /// missing key is created with that value (binary protocol). With
+    /// `cas != 0` the item's CAS unique must match.
+    pub fn delta(
+        &self,
+        key: &[u8],
+        incr: bool,
+        by: u64,
+        initial: Option<(u64, i64)>,
+        cas: u64,
+    ) -> Persisted<DeltaStatus> {
+        let now = self.now();
+        let i = self.shard_of(key);
+        let mut sh = self.lock(i);
+        let (found, _) = self.find(&mut sh, key, now);
+        let (hits, misses) = if incr {
+            (&self.stats.incr_hits, &self.stats.incr_misses)
+        } else {
+            (&self.stats.decr_hits, &self.stats.decr_misses)
+        };
+        let (n, flags, exp) = match found {
+            None => match initial {
+                None => {
+                    bump(misses);
+                    return Ok(DeltaStatus::NotFound);
+                }
+                Some((init, exptime)) => {
+                    bump(misses);
+                    (init, 0, self.abs_expiry(exptime))
+                }
+            },
+            Some(idx) => {
+                let e = sh.entry(idx);
+                if cas != 0 && e.cas != cas {
+                    return Ok(DeltaStatus::Exists);
+                }
+                let Some(cur) = parse_decimal(&e.value) else {
+                    return Ok(DeltaStatus::NonNumeric);
+                };
+                bump(hits);
+                let n = if incr {
+                    cur.wrapping_add(by)
+                } else {
+                    cur.saturating_sub(by)
+                };
+                (n, e.flags, e.exptime)
+            }
+        };
+        let value: Value = Value::from(n.to_string().into_bytes());
+        let c = self.next_cas();
+        let ticket = self.journal_submit(|| Record::Set {
+            key: key.into(),
+            value: value.clone(),
+            flags,
+            exptime: exp,
+            stored: now,
+        });
+        self.put(&mut sh, found, key, value, flags, exp, now, c);
+        drop(sh);
+        self.journal_wait(ticket, key)?;
+        if found.is_none() {
+            self.evict(i, Some(key));
+        }
+        Ok(DeltaStatus::Value(n, c))
+    }
+
+    /// Number of items currently held (expired ones until reclaimed).
+    pub fn len(&self) -> usize {
+        self.stats.curr_items.load(Ordering::Relaxed) as usize
+    }
+}
+
+/// Parses a stored value as an unsigned decimal below 2^64, as incr/decr
+/// need it: digits, optionally followed by spaces.
+pub fn parse_decimal(v: &[u8]) -> Option<u64> {
+    let end = v.iter().rposition(|&b| b != b' ').map_or(0, |p| p + 1);
+    let digits = &v[..end];
+    if digits.is_empty() || digits.len() > 20 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}

@@ -1,0 +1,203 @@
+//! One shard: a hash map from key to a slot in a slab, and an intrusive
+//! LRU list through the slots (see "Layout" in the parent module).
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::*;
+
+pub(super) const NIL: u32 = u32::MAX;
+
+#[derive(Debug)]
+pub(crate) struct Entry {
+    pub(super) key: Arc<[u8]>,
+    pub(super) value: Value,
+    pub(super) flags: u32,
+    pub(super) exptime: u64,
+    /// When the item was stored (Unix seconds), for delayed flushes.
+    pub(super) stored: u64,
+    pub(super) cas: u64,
+    /// Last use, in `Store::tick` units, to compare LRU tails across
+    /// shards.
+    pub(super) atime: u64,
+}
+
+impl Entry {
+    fn size(&self) -> usize {
+        self.key.len() + self.value.len() + ITEM_OVERHEAD
+    }
+
+    pub(super) fn item(&self) -> Item {
+        Item {
+            value: self.value.clone(),
+            flags: self.flags,
+            exptime: self.exptime,
+            cas: self.cas,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Link {
+    pub(super) prev: u32,
+    next: u32,
+}
+
+/// One shard: map, slab of entries, LRU list (head = most recent).
+#[derive(Debug)]
+pub(crate) struct Shard {
+    pub(super) map: HashMap<Arc<[u8]>, u32>,
+    pub(super) slots: Vec<Option<Entry>>,
+    pub(super) links: Vec<Link>,
+    free: Vec<u32>,
+    head: u32,
+    pub(super) tail: u32,
+    pub(super) sweep_cursor: usize,
+}
+
+/// Why a lookup found nothing usable.
+pub(crate) enum Dead {
+    Expired,
+    Flushed,
+}
+
+impl Shard {
+    pub(super) fn new() -> Shard {
+        Shard {
+            map: HashMap::new(),
+            slots: Vec::new(),
+            links: Vec::new(),
+            free: Vec::new(),
+            head: NIL,
+            tail: NIL,
+            sweep_cursor: 0,
+        }
+    }
+
+    pub(super) fn entry(&self, idx: u32) -> &Entry {
+        self.slots[idx as usize]
+            .as_ref()
+            .expect("LRU index points at a live slot")
+    }
+
+    pub(super) fn entry_mut(&mut self, idx: u32) -> &mut Entry {
+        self.slots[idx as usize]
+            .as_mut()
+            .expect("LRU index points at a live slot")
+    }
+
+    fn unlink(&mut self, idx: u32) {
+        let Link { prev, next } = self.links[idx as usize];
+        if prev == NIL {
+            self.head = next;
+        } else {
+            self.links[prev as usize].next = next;
+        }
+        if next == NIL {
+            self.tail = prev;
+        } else {
+            self.links[next as usize].prev = prev;
+        }
+    }
+
+    fn push_front(&mut self, idx: u32) {
+        self.links[idx as usize] = Link {
+            prev: NIL,
+            next: self.head,
+        };
+        if self.head != NIL {
+            self.links[self.head as usize].prev = idx;
+        }
+        self.head = idx;
+        if self.tail == NIL {
+            self.tail = idx;
+        }
+    }
+
+    /// Marks the entry used at `atime` and moves it to the LRU front.
+    pub(super) fn bump(&mut self, idx: u32, atime: u64) {
+        self.entry_mut(idx).atime = atime;
+        if self.head != idx {
+            self.unlink(idx);
+            self.push_front(idx);
+        }
+    }
+
+    /// Inserts a new entry (the key must not be present) at the LRU front.
+    pub(super) fn insert(&mut self, e: Entry, stats: &Stats) -> u32 {
+        stats.bytes.fetch_add(e.size() as u64, Ordering::Relaxed);
+        bump(&stats.curr_items);
+        let key = e.key.clone();
+        let idx = match self.free.pop() {
+            Some(i) => {
+                self.slots[i as usize] = Some(e);
+                i
+            }
+            None => {
+                self.slots.push(Some(e));
+                self.links.push(Link {
+                    prev: NIL,
+                    next: NIL,
+                });
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.push_front(idx);
+        self.map.insert(key, idx);
+        idx
+    }
+
+    /// Removes the entry at `idx` from map, list and slab.
+    pub(super) fn remove(&mut self, idx: u32, stats: &Stats) -> Entry {
+        self.unlink(idx);
+        let e = self.slots[idx as usize]
+            .take()
+            .expect("removing a live slot");
+        self.map.remove(&e.key[..]);
+        self.free.push(idx);
+        stats.bytes.fetch_sub(e.size() as u64, Ordering::Relaxed);
+        stats.curr_items.fetch_sub(1, Ordering::Relaxed);
+        e
+    }
+
+    /// Replaces the value/flags/expiry of a live entry in place, keeping
+    /// the byte count right (the caller bumps it).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn replace(
+        &mut self,
+        idx: u32,
+        value: Value,
+        flags: u32,
+        exptime: u64,
+        now: u64,
+        cas: u64,
+        stats: &Stats,
+    ) {
+        let e = self.entry_mut(idx);
+        let old = e.size();
+        e.value = value;
+        e.flags = flags;
+        e.exptime = exptime;
+        e.stored = now;
+        e.cas = cas;
+        let new = e.size();
+        if new >= old {
+            stats.bytes.fetch_add((new - old) as u64, Ordering::Relaxed);
+        } else {
+            stats.bytes.fetch_sub((old - new) as u64, Ordering::Relaxed);
+        }
+    }
+
+    pub(super) fn clear(&mut self, stats: &Stats) {
+        let mut n = 0u64;
+        let mut bytes = 0u64;
+        for e in self.slots.iter().flatten() {
+            n += 1;
+            bytes += e.size() as u64;
+        }
+        stats.curr_items.fetch_sub(n, Ordering::Relaxed);
+        stats.bytes.fetch_sub(bytes, Ordering::Relaxed);
+        *self = Shard::new();
+    }
+}
