@@ -64,7 +64,9 @@
 //! loops. A fiber that runs for more than 100 ms without parking is logged.
 //!
 //! **Stacks are fixed-size.** A fiber gets 256 KiB of address space by default
-//! (pages are committed only when touched) with a guard page below. Overflow
+//! (pages are committed only when touched) with a guard page below, carved
+//! from large shared mappings, so the number of live fibers is bounded by
+//! memory, not by the kernel's mapping count. Overflow
 //! prints the fiber's name and stack size and aborts the process; it never
 //! corrupts memory. Raise it with [`fiber::Builder::stack_size`] or
 //! [`runtime::Builder::stack_size`].

@@ -1,6 +1,7 @@
 //! Behaviour that must be observed from outside the process: stack overflow
-//! aborts with a message, panics name their fiber, an idle runtime uses no
-//! CPU. Each test re-runs this test binary as a child with `WEAVE_CHILD` set;
+//! aborts with a message (with either kind of guard page), panics name their
+//! fiber, an idle runtime uses no CPU, running out of stacks is reported to
+//! the spawner. Each test re-runs this test binary as a child with `WEAVE_CHILD` set;
 //! the child runs one scenario and exits.
 
 use std::process::{Command, Output};
@@ -9,10 +10,15 @@ use std::time::Duration;
 const CHILD_ENV: &str = "WEAVE_CHILD";
 
 fn run_child(scenario: &str) -> Output {
+    run_child_env(scenario, &[])
+}
+
+fn run_child_env(scenario: &str, env: &[(&str, &str)]) -> Output {
     let exe = std::env::current_exe().unwrap();
     Command::new(exe)
         .args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
         .env(CHILD_ENV, scenario)
+        .envs(env.iter().copied())
         .output()
         .unwrap()
 }
@@ -27,6 +33,7 @@ fn child_entry() {
         "overflow" => overflow(),
         "panic" => panic_named(),
         "idle" => idle(),
+        "exhaustion" => exhaustion(),
         other => panic!("unknown scenario {other}"),
     }
 }
@@ -88,6 +95,122 @@ fn idle() {
     std::thread::sleep(Duration::from_secs(1));
     let used = cpu_time() - before;
     println!("IDLE_CPU_US={}", used.as_micros());
+}
+
+/// Caps the process's address space at what it uses now plus `extra`.
+fn limit_address_space(extra: u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let vm_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmSize:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    let cap = vm_kib * 1024 + extra;
+    let lim = libc::rlimit {
+        rlim_cur: cap,
+        rlim_max: cap,
+    };
+    // SAFETY: setting a resource limit of our own process.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &lim) }, 0);
+}
+
+/// Spawns parked fibers until no stack can be had: the spawner gets the
+/// error (never a fiber dropped later), every fiber spawned before it still
+/// runs to completion, and the plain `spawn` panics with the reason.
+fn exhaustion() {
+    let rt = weave::Runtime::builder()
+        .workers(2)
+        .stack_size(1 << 20)
+        .build()
+        .unwrap();
+    rt.block_on(|| {
+        // Warm up everything but stacks (allocator arenas, timers) first.
+        weave::spawn(weave::yield_now).join().unwrap();
+    });
+    limit_address_space(512 << 20);
+    rt.block_on(|| {
+        let mut parked = Vec::new();
+        let err = loop {
+            let (tx, rx) = weave::sync::channel::<u64>();
+            match weave::fiber::Builder::new().spawn(move || rx.recv().unwrap() * 2) {
+                Ok(h) => parked.push((tx, h)),
+                Err(e) => break e,
+            }
+            assert!(parked.len() < 100_000, "address space limit did not bite");
+        };
+        println!("SPAWNED={} ERR={err}", parked.len());
+        assert!(err.to_string().contains("cannot allocate a fiber stack"));
+        let plain = std::panic::catch_unwind(|| weave::spawn(|| 1));
+        let payload = plain.expect_err("plain spawn should panic without a stack");
+        let msg = payload
+            .downcast_ref::<String>()
+            .cloned()
+            .unwrap_or_default();
+        assert!(
+            msg.contains("weave::spawn: cannot allocate a fiber stack"),
+            "{msg}"
+        );
+        let n = parked.len() as u64;
+        let handles: Vec<_> = parked
+            .into_iter()
+            .enumerate()
+            .map(|(i, (tx, h))| {
+                tx.send(i as u64).unwrap();
+                h
+            })
+            .collect();
+        let sum: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
+        assert_eq!(sum, n * (n - 1));
+        // Their stacks are free again: spawning works once more.
+        assert_eq!(weave::spawn(|| 7).join().unwrap(), 7);
+    });
+    println!("child done");
+}
+
+#[test]
+fn running_out_of_stacks_is_reported_to_the_spawner() {
+    let out = run_child("exhaustion");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("child done"),
+        "child failed: {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status
+    );
+    let spawned: usize = stdout
+        .split("SPAWNED=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap();
+    assert!(spawned > 100, "only {spawned} fibers before the limit");
+}
+
+#[test]
+fn stack_overflow_with_mprotect_guards_aborts_with_a_clear_message() {
+    let out = run_child_env("overflow", &[("WEAVE_STACK_GUARD", "mprotect")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGABRT),
+        "child should abort, got {:?}; stderr:\n{stderr}",
+        out.status
+    );
+    assert!(
+        stderr.contains("fiber 'deep-recursion'")
+            && stderr.contains("overflowed its stack of 65536 bytes"),
+        "missing overflow message; stderr:\n{stderr}"
+    );
+    // The fallback says so once, on stderr (no logger is installed).
+    assert_eq!(
+        stderr
+            .matches("fiber stacks use mprotect guard pages")
+            .count(),
+        1,
+        "fallback warning missing or repeated; stderr:\n{stderr}"
+    );
+    assert!(stderr.contains("vm.max_map_count"), "{stderr}");
 }
 
 #[test]

@@ -2,7 +2,8 @@
 //! connection closes, the server goes on), a peer that resets while the
 //! handler writes (an error, never SIGPIPE), and a stack overflow (the
 //! documented outcome: the process aborts with a message naming the
-//! connection's fiber and its stack size).
+//! connection's fiber and its stack size). Running out of fiber stacks
+//! closes only the new connection, counted, and the acceptor backs off.
 
 mod sock_util;
 
@@ -60,12 +61,15 @@ fn handler(conn: Conn, seen: &Mutex<Vec<io::ErrorKind>>) -> io::Result<()> {
     }
 }
 
-/// The child side of the overflow test: serves until killed.
+/// The child side of the overflow and stack exhaustion tests.
 #[test]
 fn child_entry() {
     let Ok(scenario) = std::env::var(CHILD_ENV) else {
         return;
     };
+    if scenario == "no-stacks-server" {
+        return no_stacks_server();
+    }
     assert_eq!(scenario, "overflow-server");
     let server = Server::builder()
         .bind("127.0.0.1:0")
@@ -77,6 +81,60 @@ fn child_entry() {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let _ = server.serve(move |c| handler(c, &seen));
     println!("child survived an overflow");
+}
+
+/// Caps the process's address space at what it uses now plus `extra`.
+fn limit_address_space(extra: u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let vm_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmSize:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    let cap = vm_kib * 1024 + extra;
+    let lim = libc::rlimit {
+        rlim_cur: cap,
+        rlim_max: cap,
+    };
+    // SAFETY: setting a resource limit of our own process.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &lim) }, 0);
+}
+
+/// A server whose address space holds only a few 16 MiB stacks; a `stop`
+/// line stops it, and it prints its counters.
+fn no_stacks_server() {
+    let server = Server::builder()
+        .bind("127.0.0.1:0")
+        .workers(1)
+        .stack_size(16 << 20)
+        .handle_signals(false)
+        .build()
+        .unwrap();
+    println!("PORT={}", server.local_addrs()[0].port());
+    let handle = server.handle();
+    limit_address_space(160 << 20);
+    let summary = server
+        .serve(move |conn| {
+            let mut reader = BufReader::new(&conn);
+            let mut line = String::new();
+            loop {
+                line.clear();
+                if reader.read_line(&mut line)? == 0 {
+                    return Ok(());
+                }
+                if line == "stop\n" {
+                    handle.stop();
+                    return Ok(());
+                }
+                (&conn).write_all(line.as_bytes())?;
+            }
+        })
+        .unwrap();
+    let c = summary.counters;
+    println!(
+        "SPAWN_FAILED={} ACCEPTED={} CLOSED={}",
+        c.spawn_failed, c.accepted, c.closed
+    );
 }
 
 /// A server in this process on a free port, stopped by the returned
@@ -230,4 +288,95 @@ fn handler_stack_overflow_aborts_naming_the_connection_fiber() {
         "missing overflow message; stderr:\n{stderr}"
     );
     assert!(!stdout.contains("child survived"));
+}
+
+/// Sends a line and reads the answer: `Some(line)`, or `None` when the
+/// server closed the connection instead.
+fn try_echo(c: &mut BufReader<TcpStream>, msg: &str) -> Option<String> {
+    c.get_mut().write_all(format!("{msg}\n").as_bytes()).ok()?;
+    let mut l = String::new();
+    match c.read_line(&mut l) {
+        Ok(n) if n > 0 => Some(l),
+        _ => None,
+    }
+}
+
+#[test]
+fn out_of_stacks_closes_the_new_connection_counts_it_and_keeps_serving() {
+    let exe = std::env::current_exe().unwrap();
+    let mut child = Command::new(exe)
+        .args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, "no-stacks-server")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    let port: u16 = loop {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "child exited early");
+        if let Some(p) = line.split("PORT=").nth(1) {
+            break p.trim().parse().unwrap();
+        }
+    };
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    // More connections than stacks: the first ones are served, the rest
+    // closed without an answer.
+    let mut served = Vec::new();
+    let mut refused = 0;
+    for i in 0..16 {
+        let mut c = connect(addr);
+        match try_echo(&mut c, &format!("hello {i}")) {
+            Some(l) => {
+                assert_eq!(l, format!("hello {i}\n"));
+                served.push(c);
+            }
+            None => refused += 1,
+        }
+    }
+    assert!(!served.is_empty(), "no connection was served");
+    assert!(
+        refused > 0,
+        "every connection got a stack; the limit did not bite"
+    );
+    // The served ones still work.
+    for (i, c) in served.iter_mut().enumerate() {
+        assert_eq!(
+            try_echo(c, &format!("again {i}")),
+            Some(format!("again {i}\n"))
+        );
+    }
+    // Closing one frees its stack: a new connection is served again.
+    drop(served.pop());
+    let mut next = None;
+    let end = Instant::now() + IO_TIMEOUT;
+    while next.is_none() && Instant::now() < end {
+        let mut c = connect(addr);
+        if try_echo(&mut c, "back").is_some() {
+            next = Some(c);
+        }
+    }
+    let mut c = next.expect("no connection served after one closed");
+    c.get_mut().write_all(b"stop\n").unwrap();
+    drop(served);
+    let status = child.wait().unwrap();
+    let mut stdout = String::new();
+    let _ = out.read_to_string(&mut stdout);
+    let mut stderr = String::new();
+    let _ = child.stderr.take().unwrap().read_to_string(&mut stderr);
+    assert!(
+        status.success(),
+        "child failed: {status:?}; stderr:\n{stderr}"
+    );
+    let failed: u64 = stdout
+        .split("SPAWN_FAILED=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no counters; stdout:\n{stdout}"));
+    assert!(
+        failed >= refused,
+        "{failed} spawn failures counted, {refused} seen"
+    );
 }

@@ -12,6 +12,7 @@
 pub(crate) mod local;
 pub(crate) mod overflow;
 pub(crate) mod raw;
+pub(crate) mod stack;
 pub(crate) mod state;
 
 /// The atomics [`state`] is written against: std's here; the loom model in
@@ -249,9 +250,12 @@ impl Builder {
     ///
     /// # Errors
     ///
-    /// Fails if the stack size is below 4 KiB or its mapping would overflow
-    /// the address space. (The stack itself is mapped when the fiber first
-    /// runs; if that fails the fiber is logged and reported cancelled.)
+    /// Fails if the stack size is outside 4 KiB..1 TiB, or if no stack can be
+    /// had: the address space is exhausted, or, on a kernel without
+    /// `MADV_GUARD_INSTALL` (before Linux 6.13), the process reached
+    /// `vm.max_map_count` mappings (about half that many fibers; see
+    /// [`spawn`]). The stack is taken here, before the fiber is queued, so a
+    /// fiber that spawned successfully never fails to start.
     pub fn spawn<F, T>(self, f: F) -> io::Result<JoinHandle<T>>
     where
         F: FnOnce() -> T + Send + 'static,
@@ -286,6 +290,7 @@ impl Builder {
                 format!("fiber stack size {stack_size} is outside 4 KiB..1 TiB"),
             ));
         }
+        let stack = stack::FiberStack::new(stack_size)?;
         install_panic_hook();
         let packet = Arc::new(Packet {
             state: Mutex::new(PacketState {
@@ -307,7 +312,7 @@ impl Builder {
             local::clear_current();
             completer.complete(result);
         });
-        let fiber = RawFiber::new(shared.clone(), self.name, stack_size, body);
+        let fiber = RawFiber::new(shared.clone(), self.name, stack_size, body, stack);
         shared
             .live_fibers
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -331,20 +336,36 @@ impl Builder {
 /// default runtime, started on first use with one worker per core (set
 /// `WEAVE_WORKERS` to change that).
 ///
+/// Each fiber holds a stack from spawn to finish: the runtime's stack size
+/// of address space (256 KiB by default), of which only the pages it
+/// touches are resident (one page for a fiber that parks at a shallow call
+/// depth). Stacks come from large shared mappings, so the number of live
+/// fibers is bounded by memory, not by the kernel's mapping count.
+///
+/// # Panics
+///
+/// Like `std::thread::spawn`, panics if the fiber cannot be created: no
+/// stack could be had (address space exhausted, or, on a kernel before
+/// Linux 6.13, `vm.max_map_count` reached; the message says which). A
+/// program that must survive that, such as a server accepting
+/// connections, uses [`Builder::spawn`], which returns the error instead.
+///
 /// # Examples
 ///
 /// ```
 /// let h = weave::spawn(|| 1 + 1);
 /// assert_eq!(h.join().unwrap(), 2);
 /// ```
+#[track_caller]
 pub fn spawn<F, T>(f: F) -> JoinHandle<T>
 where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
-    Builder::new()
-        .spawn(f)
-        .expect("spawning a fiber with default settings cannot fail")
+    match Builder::new().spawn(f) {
+        Ok(h) => h,
+        Err(e) => panic!("weave::spawn: {e}"),
+    }
 }
 
 struct PacketState<T> {

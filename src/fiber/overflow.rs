@@ -1,7 +1,8 @@
 //! Stack overflow in a fiber: a clear message, then abort.
 //!
-//! Every fiber stack has a guard page below it (corosensei maps it
-//! `PROT_NONE`). Rust's stack probes touch each page of a large frame in
+//! Every fiber stack has a guard page below it (a `MADV_GUARD_INSTALL`
+//! marker, or a `PROT_NONE` page on kernels before 6.13; see
+//! [`stack`](super::stack)); touching either kind faults with `SIGSEGV`. Rust's stack probes touch each page of a large frame in
 //! order, so an overflow always faults inside the guard page. Each worker
 //! thread gets an alternate signal stack; the `SIGSEGV`/`SIGBUS` handler runs
 //! on it, compares the fault address with the guard page of the fiber running

@@ -39,9 +39,9 @@ use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use corosensei::stack::DefaultStack;
 use corosensei::{Coroutine, Yielder};
 
+use super::stack::FiberStack;
 use super::state::ParkState;
 use crate::runtime::Shared;
 
@@ -57,13 +57,14 @@ pub(crate) enum Switch {
     Park,
 }
 
-pub(crate) type FiberCoroutine = Coroutine<(), Switch, (), DefaultStack>;
+pub(crate) type FiberCoroutine = Coroutine<(), Switch, (), FiberStack>;
 pub(crate) type FiberYielder = Yielder<(), Switch>;
 
 /// What the fiber's body is at this point of its life.
 pub(crate) enum Body {
-    /// Not started: the closure, not yet given a stack.
-    New(Box<dyn FnOnce() + Send>),
+    /// Not started: the closure, and the stack it will run on (taken at
+    /// spawn, so that running out of stacks is the spawner's error).
+    New(Box<dyn FnOnce() + Send>, FiberStack),
     /// Started: the coroutine (suspended, or running on its owner).
     Running(FiberCoroutine),
     /// Finished, or dropped at runtime shutdown.
@@ -93,7 +94,7 @@ pub(crate) struct RawFiber {
     /// Slot in the owner worker's table of started fibers.
     pub(crate) slot: AtomicUsize,
     /// Lowest and highest address of the stack's guard page, for the stack
-    /// overflow report. Set at first run.
+    /// overflow report.
     pub(crate) guard: (AtomicUsize, AtomicUsize),
     /// Debug builds check that no two threads ever run the fiber at once.
     #[cfg(debug_assertions)]
@@ -107,7 +108,7 @@ pub(crate) struct RawFiber {
 //    fiber from a run queue. The state machine above puts a fiber in at most
 //    one queue, and a fiber is only queued while it is not running.
 // 2. A fiber moves between threads only while its body is `Body::New`: a boxed
-//    `FnOnce + Send` closure, which is `Send`. Once the body is a coroutine
+//    `FnOnce + Send` closure and a stack nothing has run on, both `Send`. Once the body is a coroutine
 //    (`Body::Running`), `owner` is fixed and every wakeup routes the fiber back
 //    to that owner's queue. So a suspended stack, which may hold `Rc`, a
 //    `RefCell` borrow or a thread-local address cached by the compiler, is only
@@ -128,7 +129,9 @@ impl RawFiber {
         name: Option<String>,
         stack_size: usize,
         body: Box<dyn FnOnce() + Send>,
+        stack: FiberStack,
     ) -> FiberRef {
+        let (guard_lo, guard_hi) = stack.guard();
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         Arc::new(RawFiber {
@@ -138,11 +141,11 @@ impl RawFiber {
             state: ParkState::new(),
             owner: AtomicUsize::new(NO_OWNER),
             shared,
-            body: UnsafeCell::new(Body::New(body)),
+            body: UnsafeCell::new(Body::New(body, stack)),
             yielder: UnsafeCell::new(std::ptr::null()),
             locals: UnsafeCell::new(HashMap::new()),
             slot: AtomicUsize::new(usize::MAX),
-            guard: (AtomicUsize::new(0), AtomicUsize::new(0)),
+            guard: (AtomicUsize::new(guard_lo), AtomicUsize::new(guard_hi)),
             #[cfg(debug_assertions)]
             on_cpu: std::sync::atomic::AtomicBool::new(false),
         })

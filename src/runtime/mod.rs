@@ -232,8 +232,10 @@ impl Builder {
         self
     }
 
-    /// How many finished fibers' stacks each worker keeps for reuse.
-    /// Default: 1024.
+    /// How many finished fibers' stacks per worker keep their memory for
+    /// quick reuse. Free stacks beyond `stack_pool` × workers (the largest
+    /// such figure of any runtime in the process, since stacks are pooled
+    /// process-wide) give their pages back to the kernel. Default: 1024.
     pub fn stack_pool(mut self, stacks: usize) -> Builder {
         self.config.stack_pool = stacks;
         self
@@ -248,6 +250,7 @@ impl Builder {
         crate::sys::ignore_sigpipe();
         crate::fiber::overflow::install_handler();
         let n = self.workers.unwrap_or_else(default_workers);
+        crate::fiber::stack::raise_high_water(self.config.stack_pool.saturating_mul(n));
         let mut polls = Vec::with_capacity(n);
         let mut locals = Vec::with_capacity(n);
         let mut remotes = Vec::with_capacity(n);

@@ -1,4 +1,4 @@
-//! One worker thread: its queues, poller, timers and stack pool, and the loop
+//! One worker thread: its queues, poller and timers, and the loop
 //! that ties them together.
 
 use std::cell::{Cell, RefCell};
@@ -7,7 +7,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use corosensei::stack::DefaultStack;
 use corosensei::{Coroutine, CoroutineResult};
 use crossbeam_deque::{Injector, Steal, Stealer};
 use mio::{Events, Poll, Token};
@@ -44,7 +43,6 @@ pub(crate) struct Worker {
     timers: RefCell<Timers<FiberRef>>,
     poll: RefCell<Poll>,
     events: RefCell<Events>,
-    stacks: RefCell<Vec<DefaultStack>>,
     /// Every started, unfinished fiber of this worker, so shutdown can unwind
     /// the parked ones.
     fibers: RefCell<Slab>,
@@ -70,7 +68,6 @@ pub(crate) fn run(
         timers: RefCell::new(Timers::new()),
         poll: RefCell::new(poll),
         events: RefCell::new(Events::with_capacity(1024)),
-        stacks: RefCell::new(Vec::new()),
         fibers: RefCell::new(Slab::default()),
         released: RefCell::new(Vec::new()),
         shutting_down: Cell::new(false),
@@ -320,10 +317,8 @@ impl Worker {
         // `fiber::raw` no other thread touches its body until we requeue it or
         // it parks, both of which happen after this borrow ends.
         let body = unsafe { &mut *fiber.body.get() };
-        if let Body::New(_) = body {
-            if !self.start(&fiber, body) {
-                return;
-            }
+        if let Body::New(..) = body {
+            self.start(&fiber, body);
         }
         let Body::Running(co) = body else {
             return;
@@ -362,35 +357,15 @@ impl Worker {
         }
     }
 
-    /// First run: pin the fiber here and give it a stack.
-    fn start(&self, fiber: &FiberRef, body: &mut Body) -> bool {
-        let Body::New(func) = std::mem::replace(body, Body::Gone) else {
+    /// First run: pin the fiber here and make its coroutine on the stack it
+    /// was spawned with.
+    fn start(&self, fiber: &FiberRef, body: &mut Body) {
+        let Body::New(func, stack) = std::mem::replace(body, Body::Gone) else {
             unreachable!()
-        };
-        let stack = match self.take_stack(fiber.stack_size) {
-            Ok(s) => s,
-            Err(e) => {
-                log::error!(
-                    "weave: cannot allocate a {} byte stack for fiber '{}': {e}",
-                    fiber.stack_size,
-                    fiber.display_name()
-                );
-                drop(func); // Its join handle reports the fiber as cancelled.
-                self.retire(fiber);
-                return false;
-            }
         };
         fiber.owner.store(self.index, Ordering::Release);
         let slot = self.fibers.borrow_mut().insert(fiber.clone());
         fiber.slot.store(slot, Ordering::Relaxed);
-        // corosensei's `limit()` is the bottom of the mapping, which is the
-        // guard page itself.
-        let guard_lo = corosensei::stack::Stack::limit(&stack).get();
-        fiber.guard.0.store(guard_lo, Ordering::Relaxed);
-        fiber
-            .guard
-            .1
-            .store(guard_lo + page_size(), Ordering::Relaxed);
         let me: *const RawFiber = Arc::as_ptr(fiber);
         let me = me as usize;
         let co: FiberCoroutine = Coroutine::with_stack(stack, move |yielder, ()| {
@@ -401,31 +376,14 @@ impl Worker {
             func();
         });
         *body = Body::Running(co);
-        true
-    }
-
-    fn take_stack(&self, size: usize) -> std::io::Result<DefaultStack> {
-        if size == self.shared.config.stack_size {
-            if let Some(s) = self.stacks.borrow_mut().pop() {
-                return Ok(s);
-            }
-        }
-        DefaultStack::new(size)
     }
 
     fn finish(&self, fiber: FiberRef) {
         // SAFETY: the coroutine just returned on this thread; nothing else
         // touches the body of a finished fiber.
         let body = unsafe { &mut *fiber.body.get() };
-        if let Body::Running(co) = std::mem::replace(body, Body::Gone) {
-            let stack = co.into_stack();
-            let mut stacks = self.stacks.borrow_mut();
-            if fiber.stack_size == self.shared.config.stack_size
-                && stacks.len() < self.shared.config.stack_pool
-            {
-                stacks.push(stack);
-            }
-        }
+        // The stack goes back to the pool as the coroutine drops.
+        drop(std::mem::replace(body, Body::Gone));
         self.fibers
             .borrow_mut()
             .remove(fiber.slot.load(Ordering::Relaxed));
@@ -506,12 +464,6 @@ fn steal_batch(
             Steal::Retry => continue,
         }
     }
-}
-
-fn page_size() -> usize {
-    static PAGE: once_cell::sync::OnceCell<usize> = once_cell::sync::OnceCell::new();
-    // SAFETY: sysconf has no preconditions.
-    *PAGE.get_or_init(|| unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize)
 }
 
 /// Started fibers of one worker, by slot.

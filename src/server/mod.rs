@@ -40,6 +40,12 @@
 //!   (1 ms doubling to 1 s) instead of spinning; open connections keep
 //!   being served. A connection that closes frees a descriptor and wakes the
 //!   acceptor at once, so accepting resumes without waiting out the backoff.
+//! - **Fiber exhaustion.** When no fiber can be spawned for a new connection
+//!   (no stack to be had: address space, or `vm.max_map_count` on kernels
+//!   before 6.13), that connection is closed, counted in
+//!   [`Counters::spawn_failed`], and the acceptor backs off exactly as for
+//!   `EMFILE`, so later connections wait in the listen backlog instead of
+//!   being accepted and dropped.
 //! - **Connection limit.** Past `max_connections`, a new connection is
 //!   accepted and closed at once (counted in `rejected`); existing ones are
 //!   unaffected.
@@ -321,6 +327,7 @@ pub(crate) struct State {
     rejected: AtomicU64,
     errors: AtomicU64,
     panics: AtomicU64,
+    spawn_failed: AtomicU64,
     stopping: AtomicBool,
     controller: Mutex<Option<Fiber>>,
     /// Acceptors backing off after running out of descriptors; a closing
@@ -340,6 +347,7 @@ impl State {
             rejected: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             panics: AtomicU64::new(0),
+            spawn_failed: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
             controller: Mutex::new(None),
             paused: Mutex::new(Vec::new()),
@@ -463,6 +471,7 @@ impl State {
             rejected: self.rejected.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
             panics: self.panics.load(Ordering::Relaxed),
+            spawn_failed: self.spawn_failed.load(Ordering::Relaxed),
             bytes_in,
             bytes_out,
         }
@@ -484,6 +493,10 @@ pub struct Counters {
     pub errors: u64,
     /// Handlers that panicked.
     pub panics: u64,
+    /// Connections closed on arrival because no fiber could be spawned for
+    /// them (the acceptor then backs off as for `EMFILE`); they are also
+    /// counted in `accepted` and `closed`.
+    pub spawn_failed: u64,
     /// Bytes read from connections.
     pub bytes_in: u64,
     /// Bytes written to connections.
@@ -740,15 +753,23 @@ where
                 }
                 state.accepted.fetch_add(1, Ordering::Relaxed);
                 state.active.fetch_add(1, Ordering::AcqRel);
-                spawn_connection(conn, &state, &handler);
+                if let Err(e) = spawn_connection(conn, &state, &handler) {
+                    state.spawn_failed.fetch_add(1, Ordering::Relaxed);
+                    if backoff.is_zero() {
+                        log::warn!(
+                            "cannot spawn a connection fiber: {e}; closed the connection, \
+                             backing off (open connections keep being served)"
+                        );
+                    }
+                    backoff = next_backoff(backoff);
+                    state.pause_acceptor(backoff);
+                }
             }
             Err(e) if is_resource_exhaustion(&e) => {
                 if backoff.is_zero() {
                     log::warn!("accept: {e}; backing off (open connections keep being served)");
-                    backoff = Duration::from_millis(1);
-                } else {
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
                 }
+                backoff = next_backoff(backoff);
                 state.pause_acceptor(backoff);
             }
             Err(e)
@@ -766,8 +787,17 @@ where
     }
 }
 
+/// The acceptor's next pause: 1 ms, doubling to 1 s.
+fn next_backoff(backoff: Duration) -> Duration {
+    if backoff.is_zero() {
+        Duration::from_millis(1)
+    } else {
+        (backoff * 2).min(Duration::from_secs(1))
+    }
+}
+
 /// Decrements `active` and counts the close however the fiber ends (even
-/// if it never ran because the runtime shut down).
+/// if it never ran because the runtime shut down, or could not be spawned).
 struct ActiveGuard(Arc<State>);
 
 impl Drop for ActiveGuard {
@@ -780,7 +810,8 @@ impl Drop for ActiveGuard {
     }
 }
 
-fn spawn_connection<H>(conn: Conn, state: &Arc<State>, handler: &Arc<H>)
+/// Spawns the connection's fiber; on failure the connection is closed.
+fn spawn_connection<H>(conn: Conn, state: &Arc<State>, handler: &Arc<H>) -> io::Result<()>
 where
     H: Fn(Conn) -> io::Result<()> + Send + Sync + 'static,
 {
@@ -789,40 +820,36 @@ where
     let state = state.clone();
     let peer = conn.peer_addr().clone();
     let name = format!("conn {peer}");
-    let spawned = crate::fiber::Builder::new()
-        .name(name.clone())
-        .spawn(move || {
-            let _guard = guard;
-            match panic::catch_unwind(AssertUnwindSafe(|| handler(conn))) {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    state.errors.fetch_add(1, Ordering::Relaxed);
-                    let quiet = matches!(
-                        e.kind(),
-                        io::ErrorKind::ConnectionReset
-                            | io::ErrorKind::BrokenPipe
-                            | io::ErrorKind::UnexpectedEof
-                            | io::ErrorKind::TimedOut
-                            | io::ErrorKind::NotConnected
-                    );
-                    if quiet {
-                        log::debug!("connection {peer} (fiber 'conn {peer}'): {e}");
-                    } else {
-                        log::warn!("connection {peer} (fiber 'conn {peer}'): handler error: {e}");
-                    }
-                }
-                Err(payload) => {
-                    state.panics.fetch_add(1, Ordering::Relaxed);
-                    let msg = payload
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| payload.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "non-string panic payload".to_string());
-                    log::error!("connection {peer} (fiber 'conn {peer}'): handler panicked: {msg}");
+    let spawned = crate::fiber::Builder::new().name(name).spawn(move || {
+        let _guard = guard;
+        match panic::catch_unwind(AssertUnwindSafe(|| handler(conn))) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                state.errors.fetch_add(1, Ordering::Relaxed);
+                let quiet = matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionReset
+                        | io::ErrorKind::BrokenPipe
+                        | io::ErrorKind::UnexpectedEof
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::NotConnected
+                );
+                if quiet {
+                    log::debug!("connection {peer} (fiber 'conn {peer}'): {e}");
+                } else {
+                    log::warn!("connection {peer} (fiber 'conn {peer}'): handler error: {e}");
                 }
             }
-        });
-    if let Err(e) = spawned {
-        log::error!("cannot spawn fiber '{name}': {e}");
-    }
+            Err(payload) => {
+                state.panics.fetch_add(1, Ordering::Relaxed);
+                let msg = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "non-string panic payload".to_string());
+                log::error!("connection {peer} (fiber 'conn {peer}'): handler panicked: {msg}");
+            }
+        }
+    });
+    spawned.map(drop)
 }
