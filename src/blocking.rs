@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use once_cell::sync::OnceCell;
 
+use crate::fiber::raw::Unparker;
 use crate::sync::oneshot;
 
 /// Environment variable that sets the maximum number of pool threads.
@@ -208,31 +209,48 @@ where
     F: FnOnce() -> T + Send + 'a,
     T: Send + 'a,
 {
-    /// Blocks the thread in `drop` until the job has finished. Normally the
-    /// job is over (or a few instructions from it) when the result arrives;
-    /// this matters when the fiber is unwound while parked, at runtime
-    /// shutdown.
-    struct UntilDone(Arc<(Mutex<bool>, Condvar)>);
+    /// Waits in `drop` until the job has finished (parking the fiber, or
+    /// blocking the thread). Normally the job is over (or a few
+    /// instructions from it) when the result arrives; this matters when the
+    /// fiber is unwound while parked (cancelled, or its `timeout` expired).
+    /// The wait itself is never cancelled: the job still borrows from this
+    /// frame until it sets `done`.
+    struct UntilDone(Arc<Mutex<Done>>);
+    #[derive(Default)]
+    struct Done {
+        done: bool,
+        waiter: Option<Unparker>,
+    }
     impl Drop for UntilDone {
         fn drop(&mut self) {
-            let (done, cv) = &*self.0;
-            let mut done = done.lock().unwrap_or_else(PoisonError::into_inner);
-            while !*done {
-                done = cv.wait(done).unwrap_or_else(PoisonError::into_inner);
-            }
+            crate::fiber::without_cancellation(|| loop {
+                {
+                    let mut d = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+                    if d.done {
+                        return;
+                    }
+                    d.waiter = Some(Unparker::current());
+                }
+                crate::park();
+            });
         }
     }
 
-    let done = Arc::new((Mutex::new(false), Condvar::new()));
+    let done = Arc::new(Mutex::new(Done::default()));
     let until_done = UntilDone(done.clone());
     let (tx, rx) = oneshot::channel();
     let job: Box<dyn FnOnce() + Send + 'a> = Box::new(move || {
         let result = panic::catch_unwind(AssertUnwindSafe(f));
         let _ = tx.send(result);
         // Everything borrowed for 'a is gone by now; only `done` is left.
-        let (flag, cv) = &*done;
-        *flag.lock().unwrap_or_else(PoisonError::into_inner) = true;
-        cv.notify_all();
+        let waiter = {
+            let mut d = done.lock().unwrap_or_else(PoisonError::into_inner);
+            d.done = true;
+            d.waiter.take()
+        };
+        if let Some(w) = waiter {
+            w.unpark();
+        }
     });
     // SAFETY: this only erases the lifetime 'a of what the job borrows. The
     // borrowed data outlives this call, and this call outlives the job:

@@ -45,6 +45,8 @@
 //! - [`pool`]: client connections pooled per peer, bounded, with idle
 //!   expiry and counters.
 //! - [`fiber_local!`]: per-fiber storage.
+//! - [`JoinHandle::cancel`], [`time::timeout`]: stopping a fiber, or a piece
+//!   of work, at its next blocking point (see [`fiber::cancel`]).
 //!
 //! ## Rules worth knowing
 //!
@@ -70,6 +72,15 @@
 //! prints the fiber's name and stack size and aborts the process; it never
 //! corrupts memory. Raise it with [`fiber::Builder::stack_size`] or
 //! [`runtime::Builder::stack_size`].
+//!
+//! **Cancellation unwinds.** [`JoinHandle::cancel`] and an expired
+//! [`time::timeout`] stop the fiber at its next blocking point by unwinding
+//! its stack from there (POSIX-style deferred cancellation, not an error
+//! code): destructors run, and third-party code that retries I/O errors
+//! cannot turn it into a loop. Code that catches panics must let a
+//! cancellation through ([`fiber::catch_unwind`] does); an unwind cannot
+//! cross an `extern "C"` frame. [`fiber::cancel`] explains the model and
+//! why it was chosen over per-call errors.
 //!
 //! **Outside a runtime**, the blocking calls block the calling thread:
 //! [`park`] is `std::thread::park`, [`sleep`] is `std::thread::sleep`, socket

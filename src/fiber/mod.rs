@@ -9,6 +9,7 @@
 //! that thread: [`park`] is `std::thread::park`, [`yield_now`] is
 //! `std::thread::yield_now`, [`JoinHandle::join`] waits on the thread.
 
+pub mod cancel;
 pub(crate) mod local;
 pub(crate) mod overflow;
 pub(crate) mod raw;
@@ -29,6 +30,9 @@ use std::sync::{Arc, Mutex, Once};
 use std::thread;
 use std::time::{Duration, Instant};
 
+pub use cancel::{
+    cancellation_point, catch_unwind, is_cancellation, without_cancellation, Cancelled,
+};
 pub use local::LocalKey;
 use raw::{FiberRef, RawFiber, Switch, Unparker};
 
@@ -113,12 +117,8 @@ pub fn try_current() -> Option<Fiber> {
 }
 
 /// Switches the running fiber out to its worker. Returns after the worker
-/// resumes it. Does nothing during runtime shutdown, when suspended stacks
-/// are being unwound and must not suspend again.
+/// resumes it.
 fn switch_out(fiber: *const RawFiber, why: Switch) {
-    if shutting_down() {
-        return;
-    }
     // SAFETY: `fiber` is the fiber running on this thread (the worker holds a
     // reference while it runs), and its yielder was set when its body started;
     // the yielder lives on the fiber's own stack, on which we run.
@@ -128,11 +128,7 @@ fn switch_out(fiber: *const RawFiber, why: Switch) {
     }
 }
 
-fn shutting_down() -> bool {
-    context::with_worker(|w| w.is_some_and(|w| w.shutting_down.get()))
-}
-
-fn running() -> *const RawFiber {
+pub(crate) fn running() -> *const RawFiber {
     context::with_worker(|w| w.map_or(std::ptr::null(), |w| w.current.get()))
 }
 
@@ -141,66 +137,95 @@ fn running() -> *const RawFiber {
 /// On a fiber, the fiber parks and its worker runs others; on a plain thread
 /// this is `std::thread::park`. Like `std::thread::park`, it may return
 /// spuriously: check the condition you wait for in a loop.
+///
+/// A cancellation point (see [`JoinHandle::cancel`]).
 pub fn park() {
-    let f = running();
-    if f.is_null() {
-        return thread::park();
-    }
-    // SAFETY: non-null `running()` is the live fiber running on this thread.
-    if unsafe { &*f }.try_consume_token() {
-        return;
-    }
-    switch_out(f, Switch::Park);
+    park_deadline(None);
 }
 
 /// Like [`park`], but returns after `timeout` at the latest.
 pub fn park_timeout(timeout: Duration) {
-    let f = running();
-    if f.is_null() {
-        return thread::park_timeout(timeout);
-    }
-    // SAFETY: as in `park`.
-    let fiber = unsafe { &*f };
-    if fiber.try_consume_token() {
-        return;
-    }
-    let Some(deadline) = Instant::now().checked_add(timeout) else {
-        return switch_out(f, Switch::Park);
-    };
-    let key = context::with_worker(|w| {
-        let w = w.expect("a fiber runs on a worker");
-        // SAFETY: `f` is alive (see above); we take a new strong reference.
-        let me = unsafe {
-            Arc::increment_strong_count(f);
-            Arc::from_raw(f)
-        };
-        w.add_timer(deadline, me)
-    });
-    switch_out(f, Switch::Park);
-    context::with_worker(|w| {
-        if let Some(w) = w {
-            w.cancel_timer(key);
-        }
-    });
+    // A timeout too far away to represent is no timeout.
+    park_deadline(Instant::now().checked_add(timeout));
 }
 
 /// Parks the caller (fiber or thread) until `deadline`, or forever when
 /// `None`. Used by every blocking primitive; may return early.
 pub(crate) fn park_until(deadline: Option<Instant>) {
-    match deadline {
-        None => park(),
-        Some(d) => park_timeout(d.saturating_duration_since(Instant::now())),
+    park_deadline(deadline);
+}
+
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
+}
+
+/// The one park of the crate: every blocking call ends up here, so this is
+/// where cancellation and scoped deadlines are observed (see
+/// [`cancel`](self::cancel)): on entry, and after the switch back.
+fn park_deadline(deadline: Option<Instant>) {
+    let f = running();
+    if f.is_null() {
+        return park_thread(deadline);
+    }
+    // SAFETY: non-null `running()` is the live fiber running on this thread.
+    let fiber = unsafe { &*f };
+    let scope = cancel::check_fiber(fiber);
+    if fiber.try_consume_token() {
+        return;
+    }
+    match earliest(deadline, scope) {
+        None => switch_out(f, Switch::Park),
+        Some(deadline) => {
+            let key = context::with_worker(|w| {
+                let w = w.expect("a fiber runs on a worker");
+                // SAFETY: `f` is alive (see above); we take a new strong
+                // reference.
+                let me = unsafe {
+                    Arc::increment_strong_count(f);
+                    Arc::from_raw(f)
+                };
+                w.add_timer(deadline, me)
+            });
+            switch_out(f, Switch::Park);
+            context::with_worker(|w| {
+                if let Some(w) = w {
+                    w.cancel_timer(key);
+                }
+            });
+        }
+    }
+    cancel::check_fiber(fiber);
+}
+
+/// [`park_deadline`] on a plain thread: `std::thread::park`, with the
+/// thread's scoped deadline.
+fn park_thread(deadline: Option<Instant>) {
+    let scope = cancel::check_thread();
+    match earliest(deadline, scope) {
+        None => thread::park(),
+        Some(d) => thread::park_timeout(d.saturating_duration_since(Instant::now())),
+    }
+    cancel::check_thread();
 }
 
 /// Lets the worker run other ready fibers, then continues. On a plain thread
 /// this is `std::thread::yield_now`.
+///
+/// A cancellation point (see [`JoinHandle::cancel`]).
 pub fn yield_now() {
     let f = running();
     if f.is_null() {
+        cancel::check_thread();
         return thread::yield_now();
     }
+    // SAFETY: non-null `running()` is the live fiber running on this thread.
+    let fiber = unsafe { &*f };
+    cancel::check_fiber(fiber);
     switch_out(f, Switch::Yield);
+    cancel::check_fiber(fiber);
 }
 
 /// Configures a fiber before spawning it.
@@ -304,11 +329,22 @@ impl Builder {
         };
         let body = Box::new(move || {
             let mut completer = completer;
-            let mut result = panic::catch_unwind(AssertUnwindSafe(f));
-            if result.is_err() && shutting_down() {
-                // The runtime unwound this fiber's stack while dropping it.
-                result = Err(Box::new(Cancelled));
+            // SAFETY: the body runs on its fiber, which is the running one.
+            let cancelled_early = unsafe { &*running() }.state.cancel_requested();
+            let mut result = if cancelled_early {
+                Err(Box::new(Cancelled) as Box<dyn std::any::Any + Send>)
+            } else {
+                panic::catch_unwind(AssertUnwindSafe(f))
+            };
+            if let Err(p) = &result {
+                if is_cancellation(&**p) {
+                    // A deadline unwind can only get here if the program
+                    // moved it out of its scope; either way, the fiber was
+                    // stopped from outside.
+                    result = Err(Box::new(Cancelled));
+                }
             }
+            cancel::caught();
             local::clear_current();
             completer.complete(result);
         });
@@ -385,17 +421,6 @@ struct Completer<T> {
     shared: Arc<Shared>,
 }
 
-/// The panic payload of a fiber dropped before it could finish, because its
-/// runtime shut down.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cancelled;
-
-impl fmt::Display for Cancelled {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("fiber cancelled: its runtime shut down before it finished")
-    }
-}
-
 impl<T> Completer<T> {
     fn complete(&mut self, result: thread::Result<T>) {
         if let Some(packet) = self.packet.take() {
@@ -439,8 +464,9 @@ impl<T> fmt::Debug for JoinHandle<T> {
 
 impl<T> JoinHandle<T> {
     /// Waits for the fiber to finish and returns its value, or `Err` with the
-    /// panic payload if it panicked ([`Cancelled`] if its runtime shut down
-    /// first). From a fiber this parks; from a thread it blocks the thread.
+    /// panic payload if it panicked ([`Cancelled`] if it was cancelled, or
+    /// its runtime shut down first). From a fiber this parks (a cancellation
+    /// point); from a thread it blocks the thread.
     ///
     /// # Errors
     ///
@@ -456,6 +482,44 @@ impl<T> JoinHandle<T> {
             }
             park();
         }
+    }
+
+    /// Asks the fiber to stop: it unwinds from its next cancellation point
+    /// (any call that may block: socket I/O, `accept`, `connect`,
+    /// [`sleep`](crate::sleep), [`park`], [`yield_now`], every wait in
+    /// [`crate::sync`], [`join`](Self::join),
+    /// [`blocking::unblock`](crate::blocking::unblock)), or at once if it is
+    /// parked in one now. Its destructors run as the stack unwinds, and
+    /// [`join`](Self::join) returns `Err` with a [`Cancelled`] payload. A
+    /// fiber that has not started yet never runs its closure. Cancelling a
+    /// finished fiber, or cancelling twice, does nothing; the call never
+    /// blocks.
+    ///
+    /// See [`fiber::cancel`](crate::fiber::cancel) for the model and its
+    /// rules (catching panics, `extern "C"` frames).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::io::Read;
+    /// let rt = weave::Runtime::builder().workers(2).build()?;
+    /// rt.block_on(|| {
+    ///     let listener = weave::net::TcpListener::bind("127.0.0.1:0")?;
+    ///     let addr = listener.local_addr()?;
+    ///     let _client = weave::net::TcpStream::connect(addr)?;
+    ///     let (mut conn, _) = listener.accept()?;
+    ///     let reader = weave::spawn(move || {
+    ///         let mut buf = [0u8; 16];
+    ///         conn.read_exact(&mut buf) // nothing ever arrives
+    ///     });
+    ///     reader.cancel();
+    ///     assert!(reader.join().unwrap_err().is::<weave::fiber::Cancelled>());
+    ///     Ok::<(), std::io::Error>(())
+    /// })?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn cancel(&self) {
+        self.fiber.cancel();
     }
 
     /// True once the fiber has finished (its result is ready).
@@ -486,6 +550,7 @@ fn install_panic_hook() {
             let f = running();
             // SAFETY: non-null is the fiber running on this thread.
             if let Some(f) = unsafe { f.as_ref() } {
+                cancel::mark_panicking();
                 eprintln!(
                     "weave: fiber '{}' (id {}) panicked:",
                     f.display_name(),

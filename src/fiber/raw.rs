@@ -41,6 +41,7 @@ use std::sync::Arc;
 
 use corosensei::{Coroutine, Yielder};
 
+use super::cancel::Control;
 use super::stack::FiberStack;
 use super::state::ParkState;
 use crate::runtime::Shared;
@@ -91,6 +92,10 @@ pub(crate) struct RawFiber {
     /// Fiber-local values, keyed by the address of their `LocalKey`. Touched
     /// only by code running on the fiber.
     pub(crate) locals: UnsafeCell<HashMap<usize, Box<dyn Any>>>,
+    /// Scoped deadline and cancellation suppression (see
+    /// [`cancel`](super::cancel)). Touched only by the fiber's own code and,
+    /// for `suspended_unwinding`, its owner worker.
+    pub(crate) control: Control,
     /// Slot in the owner worker's table of started fibers.
     pub(crate) slot: AtomicUsize,
     /// Lowest and highest address of the stack's guard page, for the stack
@@ -113,8 +118,9 @@ pub(crate) struct RawFiber {
 //    to that owner's queue. So a suspended stack, which may hold `Rc`, a
 //    `RefCell` borrow or a thread-local address cached by the compiler, is only
 //    ever resumed on the thread it started on.
-// 3. `yielder` and `locals` are only touched by the fiber's own code, which by
-//    (2) always runs on the owner thread.
+// 3. `yielder`, `locals` and `control` are only touched by the fiber's own
+//    code, which by (2) always runs on the owner thread, and by that owner
+//    worker between two runs of the fiber.
 // 4. All other fields are atomics or immutable after construction.
 unsafe impl Send for RawFiber {}
 // SAFETY: see the `Send` impl above; shared access (`&RawFiber`) from other
@@ -144,6 +150,7 @@ impl RawFiber {
             body: UnsafeCell::new(Body::New(body, stack)),
             yielder: UnsafeCell::new(std::ptr::null()),
             locals: UnsafeCell::new(HashMap::new()),
+            control: Control::default(),
             slot: AtomicUsize::new(usize::MAX),
             guard: (AtomicUsize::new(guard_lo), AtomicUsize::new(guard_hi)),
             #[cfg(debug_assertions)]
@@ -179,6 +186,14 @@ impl RawFiber {
     pub(crate) fn unpark(self: &Arc<Self>) {
         if self.state.unpark() {
             crate::runtime::schedule_started(self.clone());
+        }
+    }
+
+    /// Asks the fiber to stop at its next cancellation point: records the
+    /// request, then unparks it so a parked fiber sees it at once.
+    pub(crate) fn cancel(self: &Arc<Self>) {
+        if self.state.request_cancel() {
+            self.unpark();
         }
     }
 

@@ -29,14 +29,48 @@ pub(crate) const PARKED: u8 = 2;
 /// Finished; unparks are ignored.
 pub(crate) const DONE: u8 = 3;
 
-/// A fiber's state word: `RUNNING`, `NOTIFIED`, `PARKED` or `DONE`.
-pub(crate) struct ParkState(AtomicU8);
+/// Cancellation word: nobody asked the fiber to stop.
+const CANCEL_NONE: u8 = 0;
+/// Cancellation word: [`ParkState::request_cancel`] was called.
+const CANCEL_REQUESTED: u8 = 1;
+
+/// A fiber's state word (`RUNNING`, `NOTIFIED`, `PARKED` or `DONE`) and its
+/// cancellation word.
+///
+/// # Cancellation
+///
+/// Cancelling is "set the word, then unpark" ([`request_cancel`] then
+/// [`unpark`]); the fiber checks the word on entry to every park and after
+/// every switch back (see `fiber::cancel`). No request is lost: if the
+/// fiber's check ran before the word was set, the unpark that follows either
+/// finds it `PARKED` and requeues it, or leaves a token that its park
+/// consumes, and both the requeue and the token's consumption are acquire
+/// operations ordered after the release store of the word. Either way the
+/// fiber's next check sees the request. The loom model checks this
+/// (`cancel_is_never_lost`).
+///
+/// [`request_cancel`]: ParkState::request_cancel
+/// [`unpark`]: ParkState::unpark
+pub(crate) struct ParkState(AtomicU8, AtomicU8);
 
 impl ParkState {
     /// A fiber that is about to run (or queued to), with no token.
     #[inline]
     pub(crate) fn new() -> ParkState {
-        ParkState(AtomicU8::new(RUNNING))
+        ParkState(AtomicU8::new(RUNNING), AtomicU8::new(CANCEL_NONE))
+    }
+
+    /// Records a cancellation request. Returns `true` for the first request
+    /// (the caller then unparks the fiber), `false` if one was already made.
+    #[inline]
+    pub(crate) fn request_cancel(&self) -> bool {
+        self.1.swap(CANCEL_REQUESTED, Ordering::Release) == CANCEL_NONE
+    }
+
+    /// True once a cancellation was requested (it stays requested).
+    #[inline]
+    pub(crate) fn cancel_requested(&self) -> bool {
+        self.1.load(Ordering::Acquire) == CANCEL_REQUESTED
     }
 
     /// Consumes a pending token, if any. Called by the fiber before it

@@ -356,17 +356,30 @@ impl<S: mio::event::Source + AsRawFd> IoSource<S> {
             }
         }
         let Some(fiber) = context::current_fiber() else {
-            // A plain thread: block it in poll(2).
-            let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            // A plain thread: block it in poll(2), bounded by the thread's
+            // scoped deadline (a `timeout` around this call).
+            let scope = crate::fiber::cancel::check_thread();
+            let until = match (deadline, scope) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let timeout = until.map(|d| d.saturating_duration_since(Instant::now()));
             crate::sys::poll_fd(self.raw_fd(), dir.poll_events(), timeout)?;
             return Ok(());
         };
-        if context::with_worker(|w| w.is_some_and(|w| w.shutting_down.get())) {
-            return Err(io::Error::other("weave runtime is shutting down"));
-        }
         let reg = self.registration()?;
         if reg.io.add_waiter(dir, &fiber) {
+            /// Withdraws the fiber from the waiter list if the park unwinds
+            /// (cancellation, an expired `timeout`).
+            struct Withdraw<'a>(&'a ScheduledIo, Direction, &'a FiberRef);
+            impl Drop for Withdraw<'_> {
+                fn drop(&mut self) {
+                    self.0.remove_waiter(self.1, self.2);
+                }
+            }
+            let withdraw = Withdraw(&reg.io, dir, &fiber);
             crate::fiber::park_until(deadline);
+            std::mem::forget(withdraw);
             if deadline.is_some_and(|d| Instant::now() >= d) && !reg.io.is_ready(dir) {
                 reg.io.remove_waiter(dir, &fiber);
                 return Err(io::Error::new(

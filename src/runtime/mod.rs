@@ -61,6 +61,12 @@ use crate::io::ScheduledIo;
 /// pages a fiber touches become resident.
 pub const DEFAULT_STACK_SIZE: usize = 256 * 1024;
 
+/// How long a runtime that shuts down waits for its cancelled fibers to
+/// finish unwinding. A fiber still parked after that (a destructor that
+/// waits for something that never comes) is abandoned: its stack is leaked
+/// and the event logged. See [`fiber::cancel`](crate::fiber::cancel).
+pub const SHUTDOWN_UNWIND_LIMIT: Duration = Duration::from_secs(5);
+
 /// Environment variable that sets the worker count of the default runtime.
 pub const WORKERS_ENV: &str = "WEAVE_WORKERS";
 
@@ -315,8 +321,10 @@ fn default_workers() -> usize {
 }
 
 /// A set of worker threads running fibers. Dropping it stops the workers:
-/// fibers that have not finished are dropped (their stacks unwound) on their
-/// own worker, and their [`JoinHandle`]s report them as cancelled.
+/// fibers that have not finished are cancelled (they unwind from their park
+/// points, on their own worker, which keeps running them until they are
+/// done; see [`fiber::cancel`](crate::fiber::cancel)), and their
+/// [`JoinHandle`]s report them as [`Cancelled`](crate::fiber::Cancelled).
 ///
 /// # Examples
 ///

@@ -49,6 +49,10 @@ pub(crate) struct Worker {
     /// I/O registrations dropped on this thread, freed after the event batch.
     released: RefCell<Vec<Arc<ScheduledIo>>>,
     pub(crate) shutting_down: Cell<bool>,
+    /// Fibers of this worker suspended in the middle of an unwind (they
+    /// parked in a destructor): while there are any, `thread::panicking()`
+    /// does not tell whether the running fiber unwinds (see `fiber::cancel`).
+    pub(crate) suspended_unwinders: Cell<usize>,
     rng: Cell<u32>,
 }
 
@@ -71,6 +75,7 @@ pub(crate) fn run(
         fibers: RefCell::new(Slab::default()),
         released: RefCell::new(Vec::new()),
         shutting_down: Cell::new(false),
+        suspended_unwinders: Cell::new(0),
         rng: Cell::new((index as u32).wrapping_mul(0x9E37_79B9) | 1),
     };
     let _altstack = overflow::AltStack::ensure();
@@ -329,6 +334,10 @@ impl Worker {
             "weave: fiber '{}' resumed twice at once",
             fiber.display_name()
         );
+        if fiber.control.suspended_unwinding.replace(false) {
+            self.suspended_unwinders
+                .set(self.suspended_unwinders.get() - 1);
+        }
         self.current.set(Arc::as_ptr(&fiber));
         overflow::set_current(&fiber);
         let started = crate::sys::coarse_now();
@@ -345,6 +354,11 @@ impl Worker {
                 ran.as_millis(),
                 self.index
             );
+        }
+        if matches!(result, CoroutineResult::Yield(_)) && std::thread::panicking() {
+            fiber.control.suspended_unwinding.set(true);
+            self.suspended_unwinders
+                .set(self.suspended_unwinders.get() + 1);
         }
         match result {
             CoroutineResult::Yield(Switch::Yield) => self.push_ready(fiber),
@@ -394,43 +408,94 @@ impl Worker {
         fiber.mark_done();
     }
 
-    /// Runtime shutdown, on this worker's thread: drop every fiber it holds.
-    /// Suspended stacks are unwound here, on the thread they belong to.
+    /// Runtime shutdown, on this worker's thread, with the cancellation
+    /// mechanism (see `fiber::cancel`):
+    ///
+    /// 1. Fibers that never started are dropped (their join handles report
+    ///    them cancelled); so is every new fiber that shows up later.
+    /// 2. Every started fiber is cancelled, once: a parked one is requeued
+    ///    and unwinds from its park point.
+    /// 3. The worker keeps running its fibers, polling I/O, firing timers
+    ///    and taking wakeups from other threads, until all have finished: a
+    ///    destructor that waits (for a lock held on another worker, a
+    ///    flush) waits for real, and nothing spins.
+    /// 4. Fibers still parked after `SHUTDOWN_UNWIND_LIMIT` are abandoned:
+    ///    their stacks are leaked, never resumed, and each is logged.
     fn shutdown(&self) {
         self.shutting_down.set(true);
+        let fibers: Vec<FiberRef> = self.fibers.borrow().iter().cloned().collect();
+        for f in &fibers {
+            f.cancel();
+        }
+        drop(fibers);
+        let limit = Instant::now() + super::SHUTDOWN_UNWIND_LIMIT;
         loop {
-            let mut dropped = false;
             while let Some(f) = self.local.pop() {
                 drop_unstarted(f);
-                dropped = true;
             }
-            self.ready.borrow_mut().clear();
-            while steal_one(&self.remote().inbox).is_some() {}
-            let fibers = self.fibers.borrow_mut().drain();
-            for f in fibers {
-                dropped = true;
-                self.kill(f);
+            let inbox = &self.remote().inbox;
+            while let Some(f) = steal_one(inbox) {
+                self.ready.borrow_mut().push_back(f);
             }
-            if !dropped {
+            let next = self.ready.borrow_mut().pop_front();
+            if let Some(f) = next {
+                // SAFETY: popped from a queue: this worker owns its body.
+                if let Body::New(_) = unsafe { &*f.body.get() } {
+                    drop_unstarted(f);
+                } else {
+                    self.run_fiber(f);
+                }
+                continue;
+            }
+            if self.fibers.borrow().is_empty() {
                 break;
             }
+            let now = Instant::now();
+            if now >= limit {
+                self.abandon_parked();
+                break;
+            }
+            // Wait for I/O, a timer or a wakeup, as `sleep` does.
+            let timeout = self
+                .timers
+                .borrow_mut()
+                .next_deadline()
+                .map_or(limit, |d| d.min(limit))
+                .saturating_duration_since(now);
+            let remote = self.remote();
+            remote.sleeping.store(true, Ordering::SeqCst);
+            let timeout = if remote.inbox.is_empty() {
+                timeout
+            } else {
+                Duration::ZERO
+            };
+            self.poll_io(Some(timeout));
+            remote.sleeping.store(false, Ordering::SeqCst);
+            self.fire_timers();
         }
         *self.timers.borrow_mut() = Timers::new();
         self.release_io();
     }
 
-    fn kill(&self, fiber: FiberRef) {
-        // SAFETY: the fiber is parked or queued on this (its owner) worker,
-        // which no longer runs anything else.
-        let body = unsafe { &mut *fiber.body.get() };
-        if let Body::Running(co) = std::mem::replace(body, Body::Gone) {
-            self.current.set(Arc::as_ptr(&fiber));
-            // Dropping a suspended coroutine unwinds its stack, running the
-            // destructors of what it holds; parks return at once meanwhile.
-            drop(co);
-            self.current.set(std::ptr::null());
+    /// Gives up on fibers that did not finish unwinding in time.
+    fn abandon_parked(&self) {
+        let fibers = self.fibers.borrow_mut().drain();
+        for fiber in fibers {
+            log::error!(
+                "weave: fiber '{}' was still parked {} s after its runtime began to shut down (a destructor waits for something that does not come); its stack is leaked",
+                fiber.display_name(),
+                super::SHUTDOWN_UNWIND_LIMIT.as_secs()
+            );
+            // SAFETY: the fiber is parked on this (its owner) worker, which
+            // runs nothing else any more.
+            let body = unsafe { &mut *fiber.body.get() };
+            if let Body::Running(co) = std::mem::replace(body, Body::Gone) {
+                // Never resumed nor unwound: resuming a stack that is in the
+                // middle of an unwind with a second unwind would abort.
+                std::mem::forget(co);
+            }
+            self.retire(&fiber);
         }
-        self.retire(&fiber);
     }
 }
 
@@ -493,6 +558,14 @@ impl Slab {
                 self.free.push(i);
             }
         }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &FiberRef> {
+        self.entries.iter().flatten()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.entries.len() == self.free.len()
     }
 
     fn drain(&mut self) -> Vec<FiberRef> {

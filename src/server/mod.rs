@@ -840,6 +840,13 @@ where
                     log::warn!("connection {peer} (fiber 'conn {peer}'): handler error: {e}");
                 }
             }
+            // Cut by a cancellation (the fiber was cancelled, or the runtime
+            // shuts down): not a handler failure. Let it finish unwinding
+            // the fiber.
+            Err(payload) if crate::fiber::is_cancellation(&*payload) => {
+                log::debug!("connection {peer} (fiber 'conn {peer}'): cancelled");
+                panic::resume_unwind(payload);
+            }
             Err(payload) => {
                 state.panics.fetch_add(1, Ordering::Relaxed);
                 let msg = payload

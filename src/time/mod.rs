@@ -1,4 +1,6 @@
-//! Per-worker timers: `sleep`, `park_timeout` and I/O deadlines.
+//! Time: [`sleep`], scoped deadlines ([`timeout`], [`timeout_at`]), and the
+//! per-worker timers behind them and behind `park_timeout` and I/O
+//! deadlines.
 //!
 //! A binary heap of deadlines over a slab of live entries. Inserting is
 //! `O(log n)`, cancelling is `O(1)` (the slab slot is freed and its heap entry
@@ -12,7 +14,9 @@ use std::collections::BinaryHeap;
 use std::time::Instant;
 
 mod sleep;
+mod timeout;
 pub use sleep::{sleep, sleep_until};
+pub use timeout::{timeout, timeout_at, Elapsed};
 
 /// Identifies one armed timer, to cancel it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,6 +6,8 @@ use crate::fiber::park_until;
 ///
 /// On a fiber, the fiber parks on its worker's timers and the worker runs
 /// other fibers meanwhile; on a plain thread this is `std::thread::sleep`.
+/// A cancellation point: a cancelled fiber, or an expired
+/// [`timeout`](crate::time::timeout), stops the sleep.
 ///
 /// # Examples
 ///
@@ -29,12 +31,20 @@ pub fn sleep(dur: Duration) {
 }
 
 /// Puts the caller to sleep until `deadline`.
+///
+/// A cancellation point, like [`sleep`].
 pub fn sleep_until(deadline: Instant) {
     if !crate::runtime::context::in_fiber() {
+        // A plain thread: std's sleep, cut short by a scoped deadline.
+        let until = match crate::fiber::cancel::check_thread() {
+            Some(scope) => scope.min(deadline),
+            None => deadline,
+        };
         let now = Instant::now();
-        if deadline > now {
-            std::thread::sleep(deadline - now);
+        if until > now {
+            std::thread::sleep(until - now);
         }
+        crate::fiber::cancel::check_thread();
         return;
     }
     // Parks may return early (a stray unpark); sleep until the deadline.

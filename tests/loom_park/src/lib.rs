@@ -308,4 +308,60 @@ mod tests {
             fiber.check_end();
         });
     }
+
+    /// A canceller sets the cancellation word and unparks while the fiber
+    /// checks the word and parks in a loop, as `weave::park` does on entry
+    /// and after each switch back: the fiber always sees the request (a lost
+    /// one leaves it parked for good, which loom reports as a deadlock), and
+    /// only the first request asks for an unpark.
+    #[test]
+    fn cancel_is_never_lost() {
+        loom::model(|| {
+            let fiber = Fiber::new();
+            let t = {
+                let fiber = fiber.clone();
+                thread::spawn(move || {
+                    if fiber.state.request_cancel() {
+                        fiber.unpark();
+                    }
+                    assert!(!fiber.state.request_cancel(), "second request");
+                })
+            };
+            while !fiber.state.cancel_requested() {
+                fiber.park();
+            }
+            fiber.finish();
+            t.join().unwrap();
+            fiber.check_end();
+        });
+    }
+
+    /// A cancellation racing an ordinary unpark and the fiber's own park:
+    /// both wakeups' writes are seen, and the fiber is requeued once per
+    /// switch-out.
+    #[test]
+    fn cancel_races_unpark() {
+        let mut model = loom::model::Builder::new();
+        model.preemption_bound.get_or_insert(3);
+        model.check(|| {
+            let fiber = Fiber::new();
+            let flag = Arc::new(AtomicBool::new(false));
+            let w = waker(&fiber, &flag);
+            let c = {
+                let fiber = fiber.clone();
+                thread::spawn(move || {
+                    if fiber.state.request_cancel() {
+                        fiber.unpark();
+                    }
+                })
+            };
+            while !(fiber.state.cancel_requested() && flag.load(Ordering::Acquire)) {
+                fiber.park();
+            }
+            fiber.finish();
+            w.join().unwrap();
+            c.join().unwrap();
+            fiber.check_end();
+        });
+    }
 }
