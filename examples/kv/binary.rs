@@ -43,6 +43,8 @@ pub mod status {
     pub const NOT_STORED: u16 = 0x05;
     /// incr/decr on a non-numeric value.
     pub const DELTA_BADVAL: u16 = 0x06;
+    /// Authentication required (or failed).
+    pub const AUTH_ERROR: u16 = 0x20;
     /// Unknown command.
     pub const UNKNOWN_COMMAND: u16 = 0x81;
     /// Out of memory (also used for log write failures).
@@ -176,6 +178,7 @@ fn status_text(s: u16) -> &'static [u8] {
         status::EINVAL => b"Invalid arguments",
         status::NOT_STORED => b"Not stored.",
         status::DELTA_BADVAL => b"Non-numeric server-side value for incr or decr",
+        status::AUTH_ERROR => b"Auth failure.",
         status::UNKNOWN_COMMAND => b"Unknown command",
         status::ENOMEM => b"Out of memory",
         _ => b"",
@@ -259,6 +262,37 @@ pub fn serve<S: Read + Write>(c: &mut Conn<'_, S>, ctx: &Ctx) -> io::Result<()> 
             Flow::Quit => return Ok(()),
         }
     }
+}
+
+/// Largest request body read and dropped before refusing a binary request
+/// for want of authentication; a bigger one is not read at all.
+const REFUSE_BODY_MAX: u64 = 64 * 1024;
+
+/// Answers the first binary request of a connection that has not
+/// authenticated (the server runs with `-Y`, which only the text protocol
+/// can satisfy) with `AUTH_ERROR`, then ends the connection. The request's
+/// body is read first when it is small, so the reply is not lost to a reset.
+///
+/// # Errors
+///
+/// I/O errors of the connection.
+pub fn refuse_unauthenticated<S: Read + Write>(c: &mut Conn<'_, S>) -> io::Result<()> {
+    while c.data().len() < HEADER {
+        if !c.fill(HEADER)? {
+            return Ok(());
+        }
+    }
+    let mut head = [0u8; HEADER];
+    head.copy_from_slice(&c.data()[..HEADER]);
+    let Some(h) = Header::parse(&head) else {
+        return Ok(());
+    };
+    c.consume(HEADER);
+    if u64::from(h.bodylen) <= REFUSE_BODY_MAX && !c.discard(u64::from(h.bodylen))? {
+        return Ok(());
+    }
+    error(c, &h, status::AUTH_ERROR)?;
+    c.flush()
 }
 
 /// Which body shape an opcode needs: (extras length(s), key required/allowed,

@@ -7,8 +7,9 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::auth::Users;
 use crate::store::Store;
-use crate::{binary, text};
+use crate::{auth, binary, text};
 
 /// Version string reported by `version` and `stats`.
 pub const VERSION: &str = concat!("1.6.0-weave-kv-", env!("CARGO_PKG_VERSION"));
@@ -51,6 +52,14 @@ pub struct Ctx {
     /// (zero: no limit). Closes clients that trickle a request slowly
     /// enough never to trip the idle timeout.
     pub request_timeout: Duration,
+    /// Users allowed in (`-Y`); `None`: no authentication.
+    pub auth: Option<Arc<Users>>,
+    /// Where the users came from (reported by `stats settings`).
+    pub auth_file: Option<String>,
+    /// Authentication attempts checked (memcached's `auth_cmds`).
+    pub auth_cmds: AtomicU64,
+    /// Authentication attempts that failed (memcached's `auth_errors`).
+    pub auth_errors: AtomicU64,
 }
 
 impl Ctx {
@@ -69,6 +78,10 @@ impl Ctx {
             bytes_read: AtomicU64::new(0),
             bytes_written: AtomicU64::new(0),
             request_timeout: Duration::ZERO,
+            auth: None,
+            auth_file: None,
+            auth_cmds: AtomicU64::new(0),
+            auth_errors: AtomicU64::new(0),
         }
     }
 }
@@ -292,6 +305,12 @@ impl<'a, S: Read + Write> Conn<'a, S> {
         Ok(())
     }
 
+    /// Drops queued output unwritten (a connection hung up on sends
+    /// nothing more).
+    pub fn discard_output(&mut self) {
+        self.out.clear();
+    }
+
     /// Output queued but not yet written (for tests).
     #[cfg(test)]
     pub fn pending(&self) -> &[u8] {
@@ -342,6 +361,8 @@ pub fn stats_list(ctx: &Ctx) -> Vec<(&'static str, String)> {
         ("cas_badval", g(&s.cas_badval)),
         ("touch_hits", g(&s.touch_hits)),
         ("touch_misses", g(&s.touch_misses)),
+        ("auth_cmds", g(&ctx.auth_cmds)),
+        ("auth_errors", g(&ctx.auth_errors)),
         ("bytes_read", g(&ctx.bytes_read)),
         ("bytes_written", g(&ctx.bytes_written)),
         ("limit_maxbytes", ctx.store.limit().to_string()),
@@ -378,6 +399,8 @@ pub fn reset_stats(ctx: &Ctx) {
         &s.cas_badval,
         &s.touch_hits,
         &s.touch_misses,
+        &ctx.auth_cmds,
+        &ctx.auth_errors,
         &s.total_items,
         &s.evictions,
         &s.reclaimed,
@@ -412,8 +435,10 @@ impl Drop for Open<'_> {
 }
 
 /// Serves one client connection until it closes, quits or sends something
-/// that ends it (a bad binary header). The first byte picks the protocol:
-/// 0x80 is a binary request, anything else is text.
+/// that ends it (a bad binary header, a line that looks like HTTP). The
+/// first byte picks the protocol: 0x80 is a binary request, anything else
+/// is text. With authentication on, a text connection first goes through
+/// [`auth::handshake`] and a binary one is refused.
 ///
 /// # Errors
 ///
@@ -428,8 +453,16 @@ pub fn handle_conn<S: Read + Write>(stream: S, ctx: &Ctx) -> io::Result<()> {
             return Ok(());
         }
         if c.data()[0] == binary::REQ_MAGIC {
-            binary::serve(&mut c, ctx)?;
+            match &ctx.auth {
+                Some(_) => binary::refuse_unauthenticated(&mut c)?,
+                None => binary::serve(&mut c, ctx)?,
+            }
         } else {
+            if let Some(users) = &ctx.auth {
+                if !auth::handshake(&mut c, ctx, users)? {
+                    return c.flush();
+                }
+            }
             text::serve(&mut c, ctx)?;
         }
         c.flush()

@@ -13,9 +13,10 @@
 //!
 //! Modules: [`store`] (sharded LRU hash table), [`text`] and [`binary`]
 //! (protocols), [`conn`] (buffers, context, protocol detection), [`aof`]
-//! (optional append-only log).
+//! (optional append-only log), [`auth`] (ASCII authentication, `-Y`).
 
 mod aof;
+mod auth;
 mod binary;
 mod conn;
 #[cfg(test)]
@@ -65,6 +66,11 @@ struct Args {
     /// at a time is never idle, so only this limit ends it.
     #[arg(long, default_value_t = 0)]
     request_timeout: u64,
+    /// Require ASCII authentication: FILE holds `user:password` lines, and
+    /// a client authenticates with a `set` whose data is `user password`
+    /// (any key). Binary requests are refused.
+    #[arg(short = 'Y', long = "auth-file", value_name = "FILE")]
+    auth_file: Option<PathBuf>,
     /// Verbose logging (-v: info, -vv: debug, -vvv: trace).
     #[arg(short = 'v', action = clap::ArgAction::Count)]
     verbose: u8,
@@ -156,6 +162,12 @@ fn run(args: Args) -> io::Result<()> {
     ctx.max_conns = args.conn_limit;
     ctx.request_timeout = Duration::from_secs(args.request_timeout);
     ctx.verbosity = AtomicU32::new(args.verbose as u32);
+    if let Some(path) = &args.auth_file {
+        let users = auth::Users::load(path)
+            .map_err(|e| io::Error::new(e.kind(), format!("auth file {}: {e}", path.display())))?;
+        ctx.auth = Some(Arc::new(users));
+        ctx.auth_file = Some(path.display().to_string());
+    }
     let ctx = Arc::new(ctx);
 
     start_sweeper(store.clone())?;

@@ -22,7 +22,10 @@
 //!   dropped in small pieces (a `set` also removes the key's old value, as
 //!   memcached does).
 //! - A data block not followed by `\r\n` gets `CLIENT_ERROR bad data chunk`.
-//! - Unknown commands get `ERROR`.
+//! - Unknown commands get `ERROR`, except a line that looks like an HTTP
+//!   request (see [`looks_like_http`]): the connection is closed at once
+//!   and nothing more is sent on it, as memcached does, so a web page that
+//!   makes a browser post to the port cannot drive the cache.
 //! - `noreply` suppresses normal replies; errors are always sent.
 
 use std::io::{self, Read, Write};
@@ -41,6 +44,8 @@ const BAD_FORMAT: &[u8] = b"CLIENT_ERROR bad command line format\r\n";
 enum Flow {
     Go,
     Quit,
+    /// Close without sending the replies still queued.
+    HangUp,
 }
 
 /// Serves text requests until the client quits or disconnects.
@@ -84,6 +89,10 @@ pub fn serve<S: Read + Write>(c: &mut Conn<'_, S>, ctx: &Ctx) -> io::Result<()> 
                     c.maybe_flush()?
                 }
                 Flow::Quit => return Ok(()),
+                Flow::HangUp => {
+                    c.discard_output();
+                    return Ok(());
+                }
             }
             continue;
         }
@@ -113,6 +122,43 @@ fn line_limit(line: &[u8]) -> usize {
     } else {
         MAX_LINE
     }
+}
+
+/// memcached's tokenizer: fields split on single spaces (runs of spaces
+/// make no empty fields), the line cut at its first NUL, at most 23 fields
+/// kept (memcached's `MAX_TOKENS` less the terminator; the 23rd would hold
+/// the rest of the line, which the rules built on this never look at).
+pub fn mc_tokens(line: &[u8]) -> Vec<&[u8]> {
+    let line = match line.iter().position(|&b| b == 0) {
+        Some(z) => &line[..z],
+        None => line,
+    };
+    line.split(|&b| b == b' ')
+        .filter(|t| !t.is_empty())
+        .take(23)
+        .collect()
+}
+
+/// True for a command line that memcached 1.6.18 treats as an HTTP request
+/// and answers by closing the connection: the command is not one it knows,
+/// and the last field (of at most 23) starts with `HTTP/`, as in
+/// `GET / HTTP/1.1` or `DELETE HTTP/1.1`. As in memcached, the rule is
+/// skipped for one-byte commands and for those whose first letter routes
+/// them to a family of known commands (`g`, `s`, `a`, `c`, `i`, `d`, `t`,
+/// and two-letter `m` meta commands), and for memcached's other commands
+/// that kv lacks. Only called for commands kv does not know.
+pub fn looks_like_http(line: &[u8]) -> bool {
+    let t = mc_tokens(line);
+    let (Some(cmd), Some(last)) = (t.first(), t.last()) else {
+        return false;
+    };
+    let family = matches!(cmd[0], b'g' | b's' | b'a' | b'c' | b'i' | b'd' | b't')
+        || (cmd[0] == b'm' && cmd.len() == 2);
+    let known = matches!(
+        *cmd,
+        b"bget" | b"lru" | b"lru_crawler" | b"watch" | b"extstore" | b"refresh_certs"
+    );
+    cmd.len() >= 2 && !family && !known && last.starts_with(b"HTTP/")
 }
 
 /// True for a key memcached's text protocol can carry.
@@ -225,6 +271,7 @@ fn command<S: Read + Write>(c: &mut Conn<'_, S>, ctx: &Ctx, line: &[u8]) -> io::
         b"stats" => stats(c, ctx, toks),
         b"quit" => return Ok(Flow::Quit),
         b"shutdown" => c.put(b"ERROR: shutdown not enabled\r\n"),
+        _ if looks_like_http(line) => return Ok(Flow::HangUp),
         _ => c.put(b"ERROR\r\n"),
     }
     Ok(Flow::Go)
@@ -536,6 +583,11 @@ fn stats<'a, S: Read + Write>(
                 ctx.verbosity.load(Ordering::Relaxed).to_string(),
             ),
             ("cas_enabled", "yes".to_string()),
+            ("auth_enabled_sasl", "no".to_string()),
+            (
+                "auth_enabled_ascii",
+                ctx.auth_file.clone().unwrap_or_else(|| "no".to_string()),
+            ),
             (
                 "persistence",
                 if ctx.store.journal().is_some() {
@@ -908,6 +960,74 @@ mod tests {
             }
             let _ = run(&ctx(), &input, (seed % 64 + 1) as usize);
         }
+    }
+
+    #[test]
+    fn http_request_lines_hang_up() {
+        // memcached 1.6.18 closes without a reply on these...
+        for line in [
+            &b"GET / HTTP/1.0"[..],
+            b"PUT /path HTTP/1.1",
+            b"DELETE HTTP/1.1",
+            b"POST / HTTP/1.1",
+            b"HTTP/1.1",
+            b"xx HTTP/1.1",
+            b"FOO bar HTTP/",
+            b"GET / HTTP/1.0 ",
+            b"GET / HTTP/1.1\rX",
+            b"GET / HTTP/1.0\0junk",
+            b"lxx / HTTP/1.1",
+        ] {
+            assert!(looks_like_http(line), "{:?}", String::from_utf8_lossy(line));
+            let mut input = b"version\r\n".to_vec();
+            input.extend_from_slice(line);
+            input.extend_from_slice(b"\r\nversion\r\n");
+            // Nothing at all comes back: not even the reply to the
+            // request before it, still queued when the line was read.
+            assert_eq!(run(&ctx(), &input, usize::MAX), b"");
+        }
+        // ... and answers ERROR on these.
+        for line in [
+            &b"GET / HTTP/1.0 extra"[..],
+            b"GET /",
+            b"FOO bar HTTPX",
+            b"FOO bar http/1.1",
+            b"HTTP/1.1 x",
+            b"X HTTP/1.1",
+            b"x  HTTP/1.1",
+            b"GE\0T / HTTP/1.0",
+            b"gxx / HTTP/1.1",
+            b"sxx / HTTP/1.1",
+            b"txx / HTTP/1.1",
+            b"mx / HTTP/1.1",
+            b"lru / HTTP/1.1",
+            b"watch / HTTP/1.1",
+        ] {
+            assert!(
+                !looks_like_http(line),
+                "{:?}",
+                String::from_utf8_lossy(line)
+            );
+            let mut input = line.to_vec();
+            input.extend_from_slice(b"\r\n");
+            assert_eq!(run(&ctx(), &input, usize::MAX), b"ERROR\r\n");
+        }
+        // Fields past the 23rd are not looked at.
+        let mid: String = (0..21).map(|i| format!(" a{i}")).collect();
+        assert!(looks_like_http(
+            format!("FOO{mid} HTTP/1.1 more").as_bytes()
+        ));
+        assert!(!looks_like_http(
+            format!("FOO{mid} a21 HTTP/1.1").as_bytes()
+        ));
+        // Known commands are served whatever their last field.
+        let out = session("set k 0 0 1\r\nx\r\nget k HTTP/1.1\r\nversion HTTP/1.1\r\n");
+        assert_eq!(
+            out,
+            format!("STORED\r\nVALUE k 0 1\r\nx\r\nEND\r\nVERSION {VERSION}\r\n")
+        );
+        // Split across reads, the rule is the same.
+        assert_eq!(run(&ctx(), b"GET / HTTP/1.1\r\nversion\r\n", 1), b"");
     }
 
     #[test]

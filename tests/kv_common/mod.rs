@@ -67,7 +67,8 @@ fn free_port() -> u16 {
 }
 
 /// True if a kv server at `addr` answers `version` (a bare connect is not
-/// enough: the server probes its port with a plain bind first).
+/// enough: the server probes its port with a plain bind first), or refuses
+/// it for want of authentication (`-Y`).
 fn answers_version(addr: SocketAddr) -> bool {
     let Ok(mut s) = TcpStream::connect(addr) else {
         return false;
@@ -77,7 +78,8 @@ fn answers_version(addr: SocketAddr) -> bool {
         return false;
     }
     let mut line = String::new();
-    matches!(BufReader::new(s).read_line(&mut line), Ok(n) if n > 0) && line.starts_with("VERSION ")
+    matches!(BufReader::new(s).read_line(&mut line), Ok(n) if n > 0)
+        && (line.starts_with("VERSION ") || line == "CLIENT_ERROR unauthenticated\r\n")
 }
 
 /// A running kv server; killed (SIGKILL) on drop.
