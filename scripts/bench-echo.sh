@@ -62,9 +62,9 @@ if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((IDLE_CONNS + 100))
 fi
 
 echo "== building release binaries" >&2
-cargo build --release --quiet \
-    --example echo --example echo_net --example echo_tokio --example echo_may --example echo_mio \
-    --example echo_load
+cargo build --release --quiet --example echo --example echo_net --example echo_load
+# The peers live in the bench/ workspace member (same target directory).
+cargo build --release --quiet -p weave-bench --example echo_tokio --example echo_may --example echo_mio
 
 WORK=$(mktemp -d)
 SERVER_PID=""

@@ -4,7 +4,7 @@
 //! connection, `TCP_NODELAY` on every connection.
 //!
 //! ```text
-//! cargo run --release --example echo_tokio -- --addr 127.0.0.1:7001 --workers 1
+//! cargo run -p weave-bench --release --example echo_tokio -- --addr 127.0.0.1:7001 --workers 1
 //! ```
 
 use std::io;

@@ -5,7 +5,7 @@
 //! `TCP_NODELAY` on every connection.
 //!
 //! ```text
-//! cargo run --release --example echo_may -- --addr 127.0.0.1:7002 --workers 1
+//! cargo run -p weave-bench --release --example echo_may -- --addr 127.0.0.1:7002 --workers 1
 //! ```
 
 use std::io::{self, Read, Write};

@@ -2,7 +2,7 @@
 //! tokio's mpsc and crossbeam-channel between OS threads, in the same run.
 //!
 //! ```text
-//! cargo bench --bench sync
+//! cargo bench -p weave-bench --bench sync
 //! ```
 //!
 //! What each group measures (time per message):

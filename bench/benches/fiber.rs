@@ -2,7 +2,7 @@
 //! and tokio tasks, in the same process and the same run.
 //!
 //! ```text
-//! cargo bench --bench fiber
+//! cargo bench -p weave-bench --bench fiber
 //! ```
 //!
 //! What each group measures (time per iteration):

@@ -1,7 +1,7 @@
 //! The connection pool under contention, against the obvious baseline.
 //!
 //! ```text
-//! cargo bench --bench pool
+//! cargo bench -p weave-bench --bench pool
 //! ```
 //!
 //! - `cycle/*`: 256 fibers spread over every worker of a runtime (one per

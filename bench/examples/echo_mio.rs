@@ -11,7 +11,7 @@
 //! arrives, so a slow reader cannot make the server buffer without bound.
 //!
 //! ```text
-//! cargo run --release --example echo_mio -- --addr 127.0.0.1:7003 --workers 1
+//! cargo run -p weave-bench --release --example echo_mio -- --addr 127.0.0.1:7003 --workers 1
 //! ```
 
 use std::io::{self, Read, Write};
