@@ -7,44 +7,15 @@ mod kv_common;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use kv_common::{Client, Server};
 
-/// The kv_proxy example binary, built on first use into the same separate
-/// target directory as the kv server (see `kv_common::kv_binary`).
+/// The kv_proxy example binary (see `kv_common::example_binary`).
 fn proxy_binary() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let kv = kv_common::kv_binary();
-        let dir = kv
-            .ancestors()
-            .nth(3)
-            .expect("kv binary is in <dir>/debug/examples")
-            .to_path_buf();
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
-            .args([
-                "build",
-                "--quiet",
-                "--example",
-                "kv_proxy",
-                "--manifest-path",
-            ])
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
-            .arg("--target-dir")
-            .arg(&dir)
-            .status()
-            .expect("run cargo build --example kv_proxy");
-        assert!(status.success(), "cargo build --example kv_proxy failed");
-        let bin = dir.join("debug").join("examples").join("kv_proxy");
-        assert!(bin.exists(), "{} missing after the build", bin.display());
-        bin
-    })
-    .clone()
+    kv_common::example_binary("kv_proxy")
 }
 
 /// A running proxy; killed on drop.

@@ -1,6 +1,6 @@
-//! Shared helpers for the kv example's integration tests: start the compiled
-//! example as a child process on a free loopback port, talk to it with raw
-//! sockets.
+//! Shared helpers for the kv example's integration tests: start the example
+//! binary cargo built for this run as a child process on a free loopback
+//! port, talk to it with raw sockets.
 
 #![allow(dead_code)]
 
@@ -8,46 +8,71 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 use std::time::Duration;
 
 /// Upper bound on any single read in these tests, so a broken server fails
 /// a test instead of hanging it.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The kv example binary, built on first use.
-///
-/// `cargo test` builds the example only as a unit-test harness (it has
-/// `test = true`), not as the server binary, and a test cannot run cargo on
-/// the target directory the running `cargo test` holds locked. So the server
-/// is built with `cargo build --example kv` into its own target directory,
-/// `target/kv-server` (beside `target/<profile>`); after the first time that
-/// is a quick no-op, and it always matches the sources under test.
+/// The kv example binary, as cargo built it for this test run.
 pub fn kv_binary() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().expect("test executable path");
-        // target/<profile>/deps/<test> -> target
-        let target = exe
-            .ancestors()
-            .nth(3)
-            .expect("test executable is in target/<profile>/deps")
-            .to_path_buf();
-        let dir = target.join("kv-server");
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--quiet", "--example", "kv", "--manifest-path"])
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
-            .arg("--target-dir")
-            .arg(&dir)
-            .status()
-            .expect("run cargo build --example kv");
-        assert!(status.success(), "cargo build --example kv failed");
-        let bin = dir.join("debug").join("examples").join("kv");
-        assert!(bin.exists(), "{} missing after the build", bin.display());
-        bin
-    })
-    .clone()
+    example_binary("kv")
+}
+
+/// The binary of the example `name`, as cargo built it beside this test
+/// (`target/<profile>/examples/<name>`).
+///
+/// `cargo test` builds every example together with the tests, in the same
+/// target directory and profile, so the tests run the very binary a user
+/// would (a real process: the tests kill it, limit its descriptors and read
+/// its `/proc` entries). A run filtered to single tests (`--test kv_faults`)
+/// does not build examples: add `--examples`, or build them first with
+/// `cargo build --examples`. A binary older than the example's sources is
+/// refused rather than tested.
+pub fn example_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/examples/<name>
+    let profile_dir = exe
+        .ancestors()
+        .nth(2)
+        .expect("test executable is in target/<profile>/deps");
+    let bin = profile_dir.join("examples").join(name);
+    let built = match std::fs::metadata(&bin).and_then(|m| m.modified()) {
+        Ok(t) => t,
+        Err(e) => panic!(
+            "{}: {e}. `cargo test` builds the examples with the tests; a filtered run \
+             needs `--examples` too (or `cargo build --examples` first)",
+            bin.display()
+        ),
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let sources = [
+        root.join("examples").join(name),
+        root.join("examples").join(format!("{name}.rs")),
+    ];
+    if let Some(newest) = sources.iter().filter_map(|p| newest_mtime(p)).max() {
+        assert!(
+            newest <= built,
+            "{} is older than its sources: rebuild it (`cargo test` with `--examples`, or `cargo build --examples`)",
+            bin.display()
+        );
+    }
+    bin
+}
+
+/// The newest modification time of a file, or of the files under a
+/// directory; `None` if the path does not exist.
+fn newest_mtime(path: &Path) -> Option<std::time::SystemTime> {
+    let meta = std::fs::metadata(path).ok()?;
+    if !meta.is_dir() {
+        return meta.modified().ok();
+    }
+    std::fs::read_dir(path)
+        .ok()?
+        .flatten()
+        .filter_map(|e| newest_mtime(&e.path()))
+        .max()
 }
 
 /// A port that was free a moment ago and that this process has not handed
