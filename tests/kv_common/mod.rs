@@ -27,7 +27,7 @@ pub fn kv_binary() -> PathBuf {
 /// target directory and profile, so the tests run the very binary a user
 /// would (a real process: the tests kill it, limit its descriptors and read
 /// its `/proc` entries). A run filtered to single tests (`--test kv_faults`)
-/// does not build examples: add `--examples`, or build them first with
+/// does not build the example binaries: build them first with
 /// `cargo build --examples`. A binary older than the example's sources is
 /// refused rather than tested.
 pub fn example_binary(name: &str) -> PathBuf {
@@ -41,8 +41,8 @@ pub fn example_binary(name: &str) -> PathBuf {
     let built = match std::fs::metadata(&bin).and_then(|m| m.modified()) {
         Ok(t) => t,
         Err(e) => panic!(
-            "{}: {e}. `cargo test` builds the examples with the tests; a filtered run \
-             needs `--examples` too (or `cargo build --examples` first)",
+            "{}: {e}. `cargo test` builds the examples with the tests; before a filtered \
+             run, build them with `cargo build --examples`",
             bin.display()
         ),
     };
@@ -54,7 +54,7 @@ pub fn example_binary(name: &str) -> PathBuf {
     if let Some(newest) = sources.iter().filter_map(|p| newest_mtime(p)).max() {
         assert!(
             newest <= built,
-            "{} is older than its sources: rebuild it (`cargo test` with `--examples`, or `cargo build --examples`)",
+            "{} is older than its sources: rebuild it (`cargo build --examples`)",
             bin.display()
         );
     }
