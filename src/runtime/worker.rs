@@ -440,7 +440,7 @@ impl Worker {
             let next = self.ready.borrow_mut().pop_front();
             if let Some(f) = next {
                 // SAFETY: popped from a queue: this worker owns its body.
-                if let Body::New(_) = unsafe { &*f.body.get() } {
+                if let Body::New(..) = unsafe { &*f.body.get() } {
                     drop_unstarted(f);
                 } else {
                     self.run_fiber(f);
