@@ -97,11 +97,13 @@ pub(crate) mod io;
 pub mod net;
 pub mod pool;
 pub mod runtime;
+pub mod select;
 pub mod server;
 pub mod sync;
 pub mod time;
 
 pub use fiber::{current, park, park_timeout, spawn, yield_now, Fiber, FiberId, JoinHandle};
 pub use runtime::{Handle, Runtime};
+pub use select::Select;
 pub use server::{Conn, Server, ServerHandle};
 pub use time::{sleep, sleep_until};

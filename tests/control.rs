@@ -570,3 +570,248 @@ fn runaway_wait_in_panic_unwind_does_not_hide_other_cancellations() {
         assert_eq!(p.downcast_ref::<&str>(), Some(&"a's own panic"));
     });
 }
+
+// ---- select ----
+
+use weave::sync::{mpmc, oneshot};
+use weave::Select;
+
+#[test]
+fn select_two_ready_arms_both_win_sometimes() {
+    let rt = rt(1);
+    rt.block_on(|| {
+        let (tx1, rx1) = mpsc::channel::<u32>();
+        let (tx2, rx2) = mpmc::channel::<u32>();
+        tx1.send(1).unwrap();
+        tx2.send(2).unwrap();
+        let mut wins = [0u32; 2];
+        for _ in 0..400 {
+            let mut sel = Select::new();
+            let a = sel.recv(&rx1);
+            let b = sel.recv(&rx2);
+            let i = sel.ready();
+            assert!(i == a || i == b);
+            wins[i] += 1;
+        }
+        assert!(wins[0] > 0 && wins[1] > 0, "unfair: {wins:?}");
+        // Selecting took nothing.
+        assert_eq!(rx1.try_recv(), Ok(1));
+        assert_eq!(rx2.try_recv(), Ok(2));
+    });
+}
+
+#[test]
+fn select_socket_and_channel_across_workers() {
+    let rt = rt(3);
+    let h = rt.handle();
+    rt.block_on(move || {
+        let (mut server, client) = pair();
+        let (tx, rx) = mpsc::channel::<u32>();
+        let client = Arc::new(std::sync::Mutex::new(client));
+        let rounds = 300;
+        // The producer lives on another worker: every event crosses threads.
+        let (go_tx, go_rx) = mpsc::sync_channel::<u32>(0);
+        let c2 = client.clone();
+        let producer = h.spawn_on_worker(1, move || {
+            while let Ok(i) = go_rx.recv() {
+                if i % 2 == 0 {
+                    tx.send(i).unwrap();
+                } else {
+                    c2.lock().unwrap().write_all(&[i as u8]).unwrap();
+                }
+            }
+        });
+        let consumer = h.spawn_on_worker(2, move || {
+            for i in 0..rounds {
+                go_tx.send(i).unwrap();
+                let mut sel = Select::new();
+                let r = sel.recv(&rx);
+                let s = sel.readable(&server);
+                let t = sel.timeout(Duration::from_secs(20));
+                let got = sel.ready();
+                drop(sel);
+                assert_ne!(got, t, "round {i}: event lost");
+                if i % 2 == 0 {
+                    assert_eq!(got, r, "round {i}");
+                    assert_eq!(rx.try_recv(), Ok(i));
+                } else {
+                    assert_eq!(got, s, "round {i}");
+                    let mut b = [0u8; 1];
+                    server.read_exact(&mut b).unwrap();
+                    assert_eq!(b[0], i as u8);
+                }
+            }
+        });
+        consumer.join().unwrap();
+        producer.join().unwrap();
+    });
+}
+
+#[test]
+fn select_losing_arms_lose_no_events() {
+    let rt = rt(3);
+    rt.block_on(|| {
+        // A real receiver blocked in recv and a selector on a clone of the
+        // same mpmc receiver: every message reaches the real receiver; the
+        // selector only learns that the channel was ready.
+        let (tx, rx) = mpmc::channel::<u32>();
+        let rx2 = rx.clone();
+        let rounds = 500;
+        let real = weave::spawn(move || (0..rounds).map(|_| rx.recv().unwrap()).sum::<u32>());
+        let selector = weave::spawn(move || {
+            let (_keep, never) = mpsc::channel::<u32>();
+            let mut seen = 0;
+            for _ in 0..rounds {
+                let mut sel = Select::new();
+                sel.recv(&never);
+                let me = sel.recv(&rx2);
+                let t = sel.timeout(Duration::from_millis(1));
+                let i = sel.ready();
+                if i == me {
+                    seen += 1;
+                }
+                let _ = t;
+            }
+            seen
+        });
+        for i in 0..rounds {
+            tx.send(i).unwrap();
+            if i % 16 == 0 {
+                weave::yield_now();
+            }
+        }
+        assert_eq!(real.join().unwrap(), (0..rounds).sum::<u32>());
+        selector.join().unwrap();
+    });
+}
+
+#[test]
+fn select_send_with_room_join_oneshot_and_deadline() {
+    let rt = rt(2);
+    rt.block_on(|| {
+        // Send: full until the receiver takes one.
+        let (tx, rx) = mpsc::sync_channel::<u32>(1);
+        tx.send(1).unwrap();
+        let taker = weave::spawn(move || {
+            weave::sleep(Duration::from_millis(5));
+            let v = rx.recv().unwrap();
+            (v, rx)
+        });
+        let mut sel = Select::new();
+        let s = sel.send(&tx);
+        assert_eq!(sel.try_ready(), None);
+        assert_eq!(sel.ready(), s);
+        tx.try_send(2).unwrap();
+        let (v, rx) = taker.join().unwrap();
+        assert_eq!(v, 1);
+        assert_eq!(rx.recv().unwrap(), 2);
+
+        // Join and a deadline: the deadline comes first, then the fiber.
+        let (otx, orx) = oneshot::channel::<u32>();
+        let h = weave::spawn(move || {
+            let _ = orx.recv();
+            7
+        });
+        let mut sel = Select::new();
+        let j = sel.join(&h);
+        let d = sel.deadline(Instant::now() + Duration::from_millis(5));
+        assert_eq!(sel.ready(), d);
+        drop(sel);
+        otx.send(1).unwrap();
+        let mut sel = Select::new();
+        let j2 = sel.join(&h);
+        assert_eq!(sel.ready_timeout(Duration::from_secs(20)), Ok(j2));
+        drop(sel);
+        assert_eq!(j, j2);
+        assert_eq!(h.join().unwrap(), 7);
+
+        // Oneshot receive arm.
+        let (otx, orx) = oneshot::channel::<&str>();
+        weave::spawn(move || otx.send("x").unwrap());
+        let mut sel = Select::new();
+        let o = sel.recv(&orx);
+        assert_eq!(sel.ready(), o);
+        assert_eq!(orx.try_recv(), Ok("x"));
+
+        // Nothing ready: the timeout reports it.
+        let (_t, never) = mpsc::channel::<u8>();
+        let mut sel = Select::new();
+        sel.recv(&never);
+        assert!(sel.ready_timeout(Duration::from_millis(5)).is_err());
+    });
+}
+
+#[test]
+fn select_rendezvous_send_waits_for_a_receiver() {
+    let rt = rt(2);
+    rt.block_on(|| {
+        let (tx, rx) = mpsc::sync_channel::<u32>(0);
+        let recv = weave::spawn(move || rx.recv().unwrap());
+        let mut sel = Select::new();
+        let s = sel.send(&tx);
+        assert_eq!(sel.ready_timeout(Duration::from_secs(20)), Ok(s));
+        tx.try_send(9).unwrap();
+        assert_eq!(recv.join().unwrap(), 9);
+    });
+}
+
+#[test]
+fn cancel_a_fiber_blocked_in_select_withdraws_it() {
+    let rt = rt(2);
+    rt.block_on(|| {
+        let (tx, rx) = mpsc::channel::<u32>();
+        let rx = Arc::new(std::sync::Mutex::new(Some(rx)));
+        let r2 = rx.clone();
+        let h = spawn_started(move || {
+            let rx = r2.lock().unwrap().take().unwrap();
+            let mut sel = Select::new();
+            sel.recv(&rx);
+            sel.ready();
+            drop(sel);
+            *r2.lock().unwrap() = Some(rx);
+        });
+        weave::sleep(Duration::from_millis(5));
+        h.cancel();
+        assert_cancelled(h.join());
+        assert!(
+            tx.send(1).is_err(),
+            "the receiver was dropped by the unwind"
+        );
+    });
+}
+
+#[test]
+fn select_on_a_plain_thread_and_socket_readiness_methods() {
+    let (tx, rx) = mpsc::channel::<u32>();
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(5));
+        tx.send(4).unwrap();
+    });
+    let mut sel = Select::new();
+    let r = sel.recv(&rx);
+    assert_eq!(sel.ready(), r);
+    assert_eq!(rx.recv().unwrap(), 4);
+    t.join().unwrap();
+
+    let rt = rt(2);
+    rt.block_on(|| {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let h = weave::spawn(move || {
+            l.readable().unwrap();
+            l.accept().unwrap().0
+        });
+        let mut c = TcpStream::connect(addr).unwrap();
+        let s = h.join().unwrap();
+        c.writable().unwrap();
+        let r = weave::spawn(move || {
+            s.readable().unwrap();
+            let mut b = [0u8; 2];
+            (&s).read_exact(&mut b).unwrap();
+            b
+        });
+        weave::sleep(Duration::from_millis(2));
+        c.write_all(b"hi").unwrap();
+        assert_eq!(&r.join().unwrap(), b"hi");
+    });
+}

@@ -561,3 +561,40 @@ fn install_panic_hook() {
         }));
     });
 }
+
+/// The arm of a [`JoinHandle`] in a [`Select`](crate::Select): ready once the
+/// fiber finished. A handle has one owner, so the packet's single waiter
+/// slot is the selector's while it selects.
+pub(crate) struct JoinArm<'a, T>(&'a Packet<T>);
+
+impl<T> JoinHandle<T> {
+    pub(crate) fn join_arm(&self) -> JoinArm<'_, T> {
+        JoinArm(&self.packet)
+    }
+}
+
+impl<T> crate::select::imp::Source for JoinArm<'_, T> {
+    fn is_ready(&self) -> bool {
+        self.0
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .result
+            .is_some()
+    }
+    fn watch(&self, w: &crate::select::imp::Watcher) -> bool {
+        self.0
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .waiter = Some(w.unparker.clone());
+        true
+    }
+    fn unwatch(&self, _: &crate::select::imp::Watcher) {
+        self.0
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .waiter = None;
+    }
+}

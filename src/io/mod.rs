@@ -391,6 +391,43 @@ impl<S: mio::event::Source + AsRawFd> IoSource<S> {
         Ok(())
     }
 
+    /// Whether the socket is ready in `dir` now, asking the kernel with a
+    /// zero-timeout `poll(2)`; when it is not, a stale readiness bit is
+    /// cleared (with the snapshot CAS, so an event landing meanwhile keeps
+    /// it). On a fiber, registers the socket first, so that a later change
+    /// raises an event.
+    pub(crate) fn ready_now(&self, dir: Direction) -> io::Result<bool> {
+        let reg = self.reg.get().or_else(|| {
+            context::current_fiber()
+                .is_some()
+                .then(|| self.registration().ok())
+                .flatten()
+        });
+        let snapshot = reg.map_or(0, |r| r.io.readiness.load(Ordering::Acquire));
+        if dir == Direction::Read && snapshot & HUP != 0 {
+            return Ok(true);
+        }
+        let ready = crate::sys::poll_fd(
+            self.raw_fd(),
+            dir.poll_events(),
+            Some(std::time::Duration::ZERO),
+        )?;
+        if !ready {
+            if let Some(r) = reg {
+                r.io.clear(dir, snapshot);
+            }
+        }
+        Ok(ready)
+    }
+
+    /// Blocks until the socket is ready in `dir` (a cancellation point).
+    pub(crate) fn wait_ready(&self, dir: Direction) -> io::Result<()> {
+        while !self.ready_now(dir)? {
+            self.wait(dir, None)?;
+        }
+        Ok(())
+    }
+
     fn registration(&self) -> io::Result<&Registration> {
         self.reg.get_or_try_init(|| {
             context::with_worker(|w| {
@@ -442,6 +479,40 @@ impl<S: mio::event::Source + AsRawFd> Drop for IoSource<S> {
                 .unwrap_or_else(|e| e.into_inner())
                 .push(token_ref);
             remote.any_released.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// The readiness arm of a socket in a [`Select`](crate::Select).
+pub(crate) struct IoArm<'a, S: mio::event::Source + AsRawFd> {
+    pub(crate) io: &'a IoSource<S>,
+    pub(crate) dir: Direction,
+}
+
+impl<S: mio::event::Source + AsRawFd> crate::select::imp::Source for IoArm<'_, S> {
+    fn is_ready(&self) -> bool {
+        // An error (a closed descriptor) is "ready": the operation the
+        // caller performs next reports it at once.
+        self.io.ready_now(self.dir).unwrap_or(true)
+    }
+    fn watch(&self, w: &crate::select::imp::Watcher) -> bool {
+        let crate::fiber::raw::Unparker::Fiber(f) = &w.unparker else {
+            return false;
+        };
+        let Ok(reg) = self.io.registration() else {
+            return false;
+        };
+        let mut ws = reg.io.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        match self.dir {
+            Direction::Read => ws.readers.add(f),
+            Direction::Write => ws.writers.add(f),
+        }
+        true
+    }
+    fn unwatch(&self, w: &crate::select::imp::Watcher) {
+        if let (crate::fiber::raw::Unparker::Fiber(f), Some(reg)) = (&w.unparker, self.io.reg.get())
+        {
+            reg.io.remove_waiter(self.dir, f);
         }
     }
 }

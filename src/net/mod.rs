@@ -13,6 +13,53 @@
 //! A write to a peer that has closed returns `Err` (`BrokenPipe` or
 //! `ConnectionReset`): building a runtime ignores `SIGPIPE` for the process.
 
+/// Readiness waits and the [`Select`](crate::Select) arms of a net type
+/// (whose socket is the field `io`).
+macro_rules! readiness {
+    ($ty:ident) => {
+        impl $ty {
+            /// Blocks until the socket is readable: data (or, on a listener,
+            /// a connection) is waiting, the peer closed, or an error is
+            /// pending, so that the next read (or `accept`) returns at once.
+            /// On a fiber it parks; a cancellation point.
+            ///
+            /// # Errors
+            ///
+            /// If waiting fails (a closed descriptor).
+            pub fn readable(&self) -> std::io::Result<()> {
+                self.io.wait_ready($crate::io::Direction::Read)
+            }
+
+            /// Blocks until the socket is writable (or an error is pending),
+            /// so that the next write makes progress at once. On a fiber it
+            /// parks; a cancellation point.
+            ///
+            /// # Errors
+            ///
+            /// If waiting fails (a closed descriptor).
+            pub fn writable(&self) -> std::io::Result<()> {
+                self.io.wait_ready($crate::io::Direction::Write)
+            }
+        }
+
+        impl $crate::select::imp::IoArm for $ty {
+            fn io_arm(&self, write: bool) -> Box<dyn $crate::select::imp::Source + '_> {
+                Box::new($crate::io::IoArm {
+                    io: &self.io,
+                    dir: if write {
+                        $crate::io::Direction::Write
+                    } else {
+                        $crate::io::Direction::Read
+                    },
+                })
+            }
+        }
+
+        impl $crate::select::Pollable for $ty {}
+    };
+}
+pub(crate) use readiness;
+
 mod tcp;
 mod udp;
 mod unix;

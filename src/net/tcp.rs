@@ -560,3 +560,6 @@ impl AsRawFd for TcpStream {
         self.io.raw_fd()
     }
 }
+
+super::readiness!(TcpListener);
+super::readiness!(TcpStream);

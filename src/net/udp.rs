@@ -187,3 +187,5 @@ impl AsRawFd for UdpSocket {
         self.io.raw_fd()
     }
 }
+
+super::readiness!(UdpSocket);

@@ -282,3 +282,6 @@ impl AsRawFd for UnixStream {
         self.io.raw_fd()
     }
 }
+
+super::readiness!(UnixListener);
+super::readiness!(UnixStream);

@@ -64,7 +64,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::error::{RecvTimeoutError, SendError, TryRecvError, TrySendError};
-use super::waiter::{lock, Pending, Pos, WaitQueue, Wakeups};
+use super::waiter::{lock, Pending, Pos, WaitQueue, Wakeups, Watchers};
 use crate::fiber::park_until;
 use crate::fiber::raw::Unparker;
 
@@ -81,6 +81,10 @@ pub(crate) struct State<T> {
     pushed: u64,
     taken: u64,
     owned_slot: bool,
+    /// Selectors waiting for a message (or disconnection).
+    recv_watchers: Watchers,
+    /// Selectors waiting for room (or disconnection).
+    send_watchers: Watchers,
 }
 
 /// A channel shared by its senders and receivers (through an `Arc`).
@@ -153,6 +157,8 @@ impl<T> Chan<T> {
                 pushed: 0,
                 taken: 0,
                 owned_slot: false,
+                recv_watchers: Watchers::new(),
+                send_watchers: Watchers::new(),
             }),
         }
     }
@@ -189,6 +195,7 @@ impl<T> Chan<T> {
         if st.senders == 0 {
             self.notify_receiver(&mut st, &mut wake);
             st.recv_q.notify_all(&mut wake);
+            st.recv_watchers.notify_all(&mut wake);
         }
         drop(st);
         drop(wake);
@@ -209,6 +216,7 @@ impl<T> Chan<T> {
             rx = st.rx.take();
             st.send_q.notify_all(&mut wake);
             st.ack_q.notify_all(&mut wake);
+            st.send_watchers.notify_all(&mut wake);
         }
         drop(st);
         drop(wake);
@@ -239,6 +247,7 @@ impl<T> Chan<T> {
         st.pushed += 1;
         st.queue.push_back(v);
         self.notify_receiver(st, wake);
+        st.recv_watchers.notify_all(wake);
         seq
     }
 
@@ -336,6 +345,9 @@ impl<T> Chan<T> {
     fn taken(&self, st: &mut State<T>, n: usize, wake: &mut Wakeups) {
         st.taken += n as u64;
         if self.cap.is_some() {
+            if n > 0 {
+                st.send_watchers.notify_all(wake);
+            }
             for _ in 0..n {
                 if !st.send_q.notify_one(wake) {
                     break;
@@ -385,7 +397,9 @@ impl<T> Chan<T> {
                 pos,
                 pass_on(|s| &mut s.recv_q),
             );
+            let wake = self.receiver_blocks(&mut st);
             drop(st);
+            drop(wake);
             let (g, notified) = p.wait(deadline);
             st = g;
             if notified {
@@ -408,7 +422,9 @@ impl<T> Chan<T> {
         };
         self.rx_waiting.store(true, Ordering::Relaxed);
         let guard = SlotGuard { chan: self };
+        let wake = self.receiver_blocks(&mut st);
         drop(st);
+        drop(wake);
         drop(old);
         while self.rx_waiting.load(Ordering::Acquire) {
             if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -454,8 +470,82 @@ impl<T> Chan<T> {
         self.try_recv_with(|st| (st.queue.pop_front().expect("checked non-empty"), 1))
     }
 
+    /// A receiver is now registered as blocked: on a rendezvous channel
+    /// that is room for a selecting sender, so tell the send watchers.
+    fn receiver_blocks(&self, st: &mut State<T>) -> Wakeups {
+        let mut wake = Wakeups::new();
+        if self.cap == Some(0) {
+            st.send_watchers.notify_all(&mut wake);
+        }
+        wake
+    }
+
+    /// Select: a receive would not block (a message, or no sender left).
+    pub(crate) fn recv_ready(&self) -> bool {
+        let st = lock(&self.state);
+        !st.queue.is_empty() || st.senders == 0
+    }
+
+    /// Select: a send would not block (room, or no receiver left).
+    pub(crate) fn send_ready(&self) -> bool {
+        let st = lock(&self.state);
+        st.receivers == 0
+            || match self.cap {
+                Some(0) => st.queue.is_empty() && self.receiver_waits(&st),
+                _ => self.has_room(&st),
+            }
+    }
+
+    /// Select: registers or withdraws a watcher of receives (`recv`) or of
+    /// sends.
+    pub(crate) fn watch(&self, recv: bool, w: &crate::select::imp::Watcher) {
+        let mut st = lock(&self.state);
+        let list = if recv {
+            &mut st.recv_watchers
+        } else {
+            &mut st.send_watchers
+        };
+        list.add(w.id, &w.unparker);
+    }
+
+    /// See [`watch`](Self::watch).
+    pub(crate) fn unwatch(&self, recv: bool, w: &crate::select::imp::Watcher) {
+        let mut st = lock(&self.state);
+        let list = if recv {
+            &mut st.recv_watchers
+        } else {
+            &mut st.send_watchers
+        };
+        list.remove(w.id);
+    }
+
     /// Messages buffered now.
     pub(crate) fn len(&self) -> usize {
         lock(&self.state).queue.len()
+    }
+}
+
+/// The receive or send arm of a channel in a [`Select`](crate::Select).
+pub(crate) struct ChanArm<'a, T> {
+    pub(crate) chan: &'a Chan<T>,
+    pub(crate) recv: bool,
+    /// `mpsc` receivers: messages the receiver took in a batch earlier.
+    pub(crate) local: Option<&'a std::cell::RefCell<VecDeque<T>>>,
+}
+
+impl<T> crate::select::imp::Source for ChanArm<'_, T> {
+    fn is_ready(&self) -> bool {
+        if self.recv {
+            self.local.is_some_and(|b| !b.borrow().is_empty()) || self.chan.recv_ready()
+        } else {
+            self.chan.send_ready()
+        }
+    }
+    fn watch(&self, w: &crate::select::imp::Watcher) -> bool {
+        self.chan.watch(self.recv, w);
+        true
+    }
+    fn unwatch(&self, w: &crate::select::imp::Watcher) {
+        self.chan.unwatch(self.recv, w);
     }
 }

@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::error::{RecvError, RecvTimeoutError, SendError, TryRecvError};
-use super::waiter::{lock, Pending, Pos, WaitQueue, Wakeups};
+use super::waiter::{lock, Pending, Pos, WaitQueue, Wakeups, Watchers};
 
 struct State<T> {
     value: Option<T>,
@@ -35,6 +35,8 @@ struct State<T> {
     sender: bool,
     receiver: bool,
     waiters: WaitQueue,
+    /// Selectors watching the receiver.
+    watchers: Watchers,
 }
 
 /// Creates a oneshot channel.
@@ -52,6 +54,7 @@ pub fn channel<T>() -> (Sender<T>, Receiver<T>) {
         sender: true,
         receiver: true,
         waiters: WaitQueue::new(),
+        watchers: Watchers::new(),
     }));
     (
         Sender {
@@ -89,6 +92,7 @@ impl<T> Sender<T> {
         st.sender = false;
         let mut wake = Wakeups::new();
         st.waiters.notify_all(&mut wake);
+        st.watchers.notify_all(&mut wake);
         drop(st);
         drop(wake);
         // `Drop` then finds `sender` already false and does nothing.
@@ -117,6 +121,7 @@ impl<T> Drop for Sender<T> {
         if st.sender {
             st.sender = false;
             st.waiters.notify_all(&mut wake);
+            st.watchers.notify_all(&mut wake);
         }
         drop(st);
         drop(wake);
@@ -259,3 +264,26 @@ impl<T> fmt::Debug for Receiver<T> {
         f.write_str("oneshot::Receiver { .. }")
     }
 }
+
+struct OneshotArm<'a, T>(&'a Mutex<State<T>>);
+
+impl<T> crate::select::imp::Source for OneshotArm<'_, T> {
+    fn is_ready(&self) -> bool {
+        let st = lock(self.0);
+        st.value.is_some() || !st.sender
+    }
+    fn watch(&self, w: &crate::select::imp::Watcher) -> bool {
+        lock(self.0).watchers.add(w.id, &w.unparker);
+        true
+    }
+    fn unwatch(&self, w: &crate::select::imp::Watcher) {
+        lock(self.0).watchers.remove(w.id);
+    }
+}
+
+impl<T> crate::select::imp::RecvArm for Receiver<T> {
+    fn recv_arm(&self) -> Box<dyn crate::select::imp::Source + '_> {
+        Box::new(OneshotArm(&self.inner))
+    }
+}
+impl<T> crate::select::Receivable for Receiver<T> {}

@@ -263,6 +263,44 @@ impl Drop for Wakeups {
     }
 }
 
+/// Fibers and threads in a [`Select`](crate::Select) that watch one
+/// primitive: unlike a [`WaitQueue`], every watcher is told of every change
+/// (they only look; a wakeup meant for a real waiter never goes to a
+/// watcher, so a selector that then picks another arm loses nobody's
+/// event). Notifying empties the list; a selector registers again before
+/// each wait. Used under the primitive's lock.
+#[derive(Debug, Default)]
+pub(crate) struct Watchers {
+    list: Vec<(u64, Unparker)>,
+}
+
+impl Watchers {
+    /// An empty list.
+    pub(crate) const fn new() -> Watchers {
+        Watchers { list: Vec::new() }
+    }
+
+    /// Adds watcher `id`.
+    pub(crate) fn add(&mut self, id: u64, u: &Unparker) {
+        self.list.push((id, u.clone()));
+    }
+
+    /// Removes watcher `id`, if it is still there.
+    pub(crate) fn remove(&mut self, id: u64) {
+        self.list.retain(|(i, _)| *i != id);
+    }
+
+    /// Wakes and removes every watcher.
+    #[inline]
+    pub(crate) fn notify_all(&mut self, wake: &mut Wakeups) {
+        if !self.list.is_empty() {
+            for (_, u) in self.list.drain(..) {
+                wake.push(u);
+            }
+        }
+    }
+}
+
 /// Selects one queue inside a primitive's state.
 pub(crate) type QueueOf<S> = fn(&mut S) -> &mut WaitQueue;
 
