@@ -102,7 +102,7 @@ pub mod server;
 pub mod sync;
 pub mod time;
 
-pub use fiber::{current, park, park_timeout, spawn, yield_now, Fiber, FiberId, JoinHandle};
+pub use fiber::{current, park, park_timeout, scope, spawn, yield_now, Fiber, FiberId, JoinHandle};
 pub use runtime::{Handle, Runtime};
 pub use select::Select;
 pub use server::{Conn, Server, ServerHandle};

@@ -815,3 +815,118 @@ fn select_on_a_plain_thread_and_socket_readiness_methods() {
         assert_eq!(&r.join().unwrap(), b"hi");
     });
 }
+
+// ---- scoped fibers, block_on with borrows ----
+
+#[test]
+fn scope_fibers_borrow_and_are_all_over_when_it_returns() {
+    let rt = rt(3);
+    let mut totals = [0u64; 8];
+    let base = 10u64; // borrowed by every fiber
+    let slow_done = AtomicBool::new(false);
+    rt.block_on(|| {
+        weave::scope(|s| {
+            for (i, t) in totals.iter_mut().enumerate() {
+                let base = &base;
+                s.spawn(move || {
+                    for k in 0..100 {
+                        *t += base + k;
+                        if k % 10 == 0 {
+                            weave::yield_now();
+                        }
+                    }
+                    i
+                });
+            }
+            s.spawn(|| {
+                weave::sleep(Duration::from_millis(10));
+                slow_done.store(true, Ordering::SeqCst);
+            });
+        });
+        // Not joined, yet finished: scope waited.
+        assert!(slow_done.load(Ordering::SeqCst));
+    });
+    assert!(totals.iter().all(|&t| t == 100 * 10 + 4950));
+}
+
+#[test]
+fn scope_values_panics_and_stress() {
+    let rt = rt(4);
+    rt.block_on(|| {
+        let v = [1, 2, 3];
+        let sum = weave::scope(|s| {
+            let hs: Vec<_> = v.iter().map(|x| s.spawn(move || x * 2)).collect();
+            hs.into_iter().map(|h| h.join().unwrap()).sum::<i32>()
+        });
+        assert_eq!(sum, 12);
+        // A joined panic is handled; an unjoined one makes scope panic.
+        weave::scope(|s| {
+            let h = s.spawn(|| panic!("joined"));
+            assert!(h.join().is_err());
+        });
+        let r = panic::catch_unwind(panic::AssertUnwindSafe(|| {
+            weave::scope(|s| {
+                s.spawn(|| panic!("not joined"));
+            })
+        }));
+        assert!(r.is_err(), "scope must panic for an unjoined panic");
+        // Many rounds across workers: nothing outlives its scope.
+        let counter = AtomicUsize::new(0);
+        for _ in 0..200 {
+            weave::scope(|s| {
+                for _ in 0..5 {
+                    s.spawn(|| {
+                        weave::yield_now();
+                        counter.fetch_add(1, Ordering::SeqCst);
+                    });
+                }
+            });
+        }
+        assert_eq!(counter.load(Ordering::SeqCst), 1000);
+    });
+    assert_eq!(rt.live_fibers(), 0);
+}
+
+#[test]
+fn cancelling_a_scope_owner_cancels_its_fibers_then_unwinds() {
+    let rt = rt(2);
+    rt.block_on(|| {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let d2 = drops.clone();
+        let owner = spawn_started(move || {
+            let local = DropCount(d2.clone());
+            weave::scope(|s| {
+                for _ in 0..3 {
+                    let d = DropCount(d2.clone());
+                    let local = &local;
+                    s.spawn(move || {
+                        let _d = d;
+                        let _ = local;
+                        weave::sleep(Duration::from_secs(3600));
+                    });
+                }
+            });
+            "not reached"
+        });
+        weave::sleep(Duration::from_millis(10));
+        owner.cancel();
+        assert_cancelled(owner.join());
+        assert_eq!(drops.load(Ordering::SeqCst), 4);
+    });
+}
+
+#[test]
+fn block_on_borrows_locals() {
+    let rt = rt(2);
+    let mut data = vec![1u32, 2, 3];
+    let name = String::from("borrowed");
+    let n = rt.block_on(|| {
+        data.push(name.len() as u32);
+        data.iter().sum::<u32>()
+    });
+    assert_eq!(n, 14);
+    assert_eq!(data, [1, 2, 3, 8]);
+    let r = panic::catch_unwind(panic::AssertUnwindSafe(|| rt.block_on(|| panic!("inner"))));
+    assert!(r.is_err());
+    assert_eq!(rt.block_on(|| 5), 5);
+}

@@ -13,6 +13,7 @@ pub mod cancel;
 pub(crate) mod local;
 pub(crate) mod overflow;
 pub(crate) mod raw;
+mod scope;
 pub(crate) mod stack;
 pub(crate) mod state;
 
@@ -35,6 +36,8 @@ pub use cancel::{
 };
 pub use local::LocalKey;
 use raw::{FiberRef, RawFiber, Switch, Unparker};
+pub(crate) use scope::scope_on;
+pub use scope::{scope, Scope, ScopedJoinHandle};
 
 use crate::runtime::{context, schedule_new, Handle, Shared};
 

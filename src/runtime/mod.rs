@@ -366,20 +366,32 @@ impl Runtime {
     }
 
     /// Runs `f` as a fiber on this runtime and blocks the calling thread (or
-    /// parks the calling fiber) until it returns its value.
+    /// parks the calling fiber) until it returns its value. `f` may borrow
+    /// from the caller: the call does not return (or unwind) before the
+    /// fiber is over, as with [`crate::scope`].
     ///
     /// # Panics
     ///
     /// Resumes the fiber's panic, if it panicked.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let rt = weave::Runtime::builder().workers(1).build()?;
+    /// let words = vec!["borrowed", "from", "the", "caller"];
+    /// let n = rt.block_on(|| words.iter().map(|w| w.len()).sum::<usize>());
+    /// assert_eq!(n, 21);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn block_on<F, T>(&self, f: F) -> T
     where
-        F: FnOnce() -> T + Send + 'static,
-        T: Send + 'static,
+        F: FnOnce() -> T + Send,
+        T: Send,
     {
-        match self.spawn(f).join() {
+        crate::fiber::scope_on(self.handle.shared.clone(), |s| match s.spawn(f).join() {
             Ok(v) => v,
             Err(payload) => std::panic::resume_unwind(payload),
-        }
+        })
     }
 
     /// Spawns a fiber on this runtime.
