@@ -73,6 +73,47 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+/// Implements `Read` and `Write` for a stream type and for a shared reference
+/// to it (as std does for `TcpStream` and `&TcpStream`), forwarding to the
+/// type's `read_inner`, `read_vectored_inner`, `write_inner` and
+/// `write_vectored_inner` methods, which take `&self`. `flush` has nothing to
+/// do: writes are not buffered.
+macro_rules! impl_read_write {
+    ($t:ty) => {
+        $crate::net::impl_read_write!(@one $t);
+        $crate::net::impl_read_write!(@one &$t);
+    };
+    (@one $t:ty) => {
+        impl ::std::io::Read for $t {
+            fn read(&mut self, buf: &mut [u8]) -> ::std::io::Result<usize> {
+                self.read_inner(buf)
+            }
+
+            fn read_vectored(
+                &mut self,
+                bufs: &mut [::std::io::IoSliceMut<'_>],
+            ) -> ::std::io::Result<usize> {
+                self.read_vectored_inner(bufs)
+            }
+        }
+
+        impl ::std::io::Write for $t {
+            fn write(&mut self, buf: &[u8]) -> ::std::io::Result<usize> {
+                self.write_inner(buf)
+            }
+
+            fn write_vectored(&mut self, bufs: &[::std::io::IoSlice<'_>]) -> ::std::io::Result<usize> {
+                self.write_vectored_inner(bufs)
+            }
+
+            fn flush(&mut self) -> ::std::io::Result<()> {
+                Ok(())
+            }
+        }
+    };
+}
+pub(crate) use impl_read_write;
+
 /// An optional timeout stored in an atomic (nanoseconds, 0 = none), so a
 /// socket shared by reference between fibers can change it.
 #[derive(Debug, Default)]
