@@ -1,12 +1,22 @@
-//! Operating-system details: the one `syscall!` macro, signal set-up, the
-//! coarse clock. Everything that talks to libc directly lives here.
+//! Operating-system helpers shared across the crate: the `syscall!` macro,
+//! SIGPIPE set-up, the coarse clock.
+//!
+//! Not every libc call lives here: a call tied to one subsystem stays beside
+//! the code it serves, in its own `unsafe` block with a `// SAFETY:` comment.
+//! Those are the stack mappings and guard pages (`fiber/stack.rs`), the
+//! stack-overflow handler and its alternate signal stack
+//! (`fiber/overflow.rs`), socket options mio lacks (`net/`), the
+//! `shutdown(2)` that wakes connections during a graceful stop
+//! (`server/mod.rs`) and the shutdown signal handlers (`server/signals.rs`).
+//! Code running inside a signal handler calls libc directly, since only
+//! async-signal-safe functions may run there.
 
 use std::io;
 use std::sync::Once;
 use std::time::Duration;
 
 /// Calls a libc function that reports failure as `-1` + `errno`, turning it
-/// into an `io::Result`. Every direct libc call in the crate goes through it.
+/// into an `io::Result`.
 ///
 /// The caller writes the `unsafe` block (and its `// SAFETY:` comment) around
 /// the macro, since only the call site knows why the arguments are valid.
