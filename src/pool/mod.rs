@@ -77,26 +77,10 @@
 //!    different peers never touch the same lock.
 //!
 //! Why a sorted vector: peers are few (tens to hundreds) and rarely change,
-//! and lookups dominate. `cargo bench --bench pool` (group `lookup`)
-//! compares it with a `HashMap` behind the same lock; one thread, a
-//! `SocketAddr` key, on a shared 2-core machine:
-//!
-//! | peers | sorted vector, binary search | `HashMap` (SipHash) |
-//! |---|---|---|
-//! | 1 | 13 ns | 48 ns |
-//! | 16 | 39 ns | 49 ns |
-//! | 200 | 66 ns | 50 ns |
-//!
-//! The vector wins clearly for a few peers and still at 16; at 200 the map
-//! is about 15 ns faster. Both are small next to a whole checkout (group
-//! `cycle`: 256 fibers on all workers, 0.6 to 1.5 µs per get and return,
-//! the same with or without [`check_after`](Builder::check_after) now that
-//! the liveness check reads the reactor's readiness word instead of
-//! calling `poll(2)` (it was 1.3 to 1.8 µs with the system call), against
-//! 0.1 to 0.2 µs for a bare `Mutex<HashMap<SocketAddr, Vec<TcpStream>>>`
-//! that pops and pushes with no bounds, waiting, expiry or check). What is
-//! left is the bookkeeping: the peer lock shared by fibers on both
-//! workers, the clock read on return and on checkout, the counters.
+//! and lookups dominate. Measured against a `HashMap` behind the same lock
+//! (`cargo bench -p weave-bench --bench pool`), the vector is faster up to
+//! tens of peers and a few nanoseconds slower at hundreds, and both are
+//! small next to a whole checkout; the figures are in `docs/bench-pool.md`.
 //!
 //! # Counters
 //!
