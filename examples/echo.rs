@@ -12,7 +12,7 @@ use weave::server::{Conn, Server};
 
 /// Echo server on weave fibers.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:7000")]

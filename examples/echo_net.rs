@@ -14,7 +14,7 @@ use weave::net::{TcpListener, TcpStream};
 
 /// Echo server on weave fibers, net layer only.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:7000")]

@@ -23,7 +23,7 @@ use weave::server::Server;
 
 /// HTTP/1.1 server on weave fibers (keep-alive, pipelining).
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version)]
 pub struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8080")]

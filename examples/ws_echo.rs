@@ -22,7 +22,7 @@ use weave::server::{Conn, Server};
 
 /// WebSocket echo server (tungstenite) on weave fibers.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version)]
 pub struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:9001")]

@@ -327,3 +327,32 @@ fn bad_input_gets_memcached_errors() {
     use std::io::Read;
     assert_eq!(c.r.read_to_end(&mut rest).unwrap(), 0);
 }
+
+#[test]
+fn help_names_each_program() {
+    for (bin, first) in [
+        (
+            kv_common::kv_binary(),
+            "A memcached-compatible key-value server",
+        ),
+        (proxy_binary(), "A memcached text-protocol proxy"),
+    ] {
+        let out = Command::new(&bin)
+            .arg("--help")
+            .output()
+            .expect("run --help");
+        assert!(
+            out.status.success(),
+            "{} --help: {:?}",
+            bin.display(),
+            out.status
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text.lines().next().unwrap_or("");
+        assert!(
+            line.starts_with(first),
+            "{}: first line {line:?}",
+            bin.display()
+        );
+    }
+}

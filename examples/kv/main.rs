@@ -37,7 +37,7 @@ use crate::store::Store;
 
 /// A memcached-compatible key-value server (text and binary protocols).
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     /// TCP port to listen on.
     #[arg(short = 'p', long = "port", default_value_t = 11211)]
