@@ -267,9 +267,6 @@ fn sigterm_under_load(fsync: &str) {
     assert!(status.success(), "kv exited with {status}");
     let total: usize = keys.iter().map(Vec::len).sum();
     println!("SIGTERM ({fsync}): exit 0 after {took:?}; {total} acknowledged writes");
-    // Shutdown grace is 5 s, plus at most 1 s for handlers to notice; the
-    // rest is slack for a loaded machine.
-    assert!(took < Duration::from_secs(20), "shutdown took {took:?}");
 
     let s = Server::start(&["--aof", &log_s]);
     let mut c = s.connect();

@@ -4,6 +4,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 
 use crate::store::Store;
 
@@ -31,6 +32,7 @@ impl Writer {
             self.base
         );
         self.rewriting = Some(Rewrite { tail: Vec::new() });
+        self.compaction.running.store(true, Ordering::Release);
         let spawned = std::thread::Builder::new()
             .name("kv-aof-rewrite".into())
             .spawn(move || {
@@ -40,6 +42,7 @@ impl Writer {
         if let Err(e) = spawned {
             log::error!("cannot start the log rewrite thread: {e}");
             self.rewriting = None;
+            self.compaction.running.store(false, Ordering::Release);
             self.rewrite_at = self.len.saturating_mul(2);
         }
     }
@@ -70,6 +73,7 @@ impl Writer {
                 self.base = len;
                 self.rewrite_at = self.cfg.rewrite_min.max(2 * len);
                 self.dirty = false;
+                self.compaction.done.fetch_add(1, Ordering::Release);
             }
             Err(e) => {
                 log::error!("{}: compaction failed: {e}", self.cfg.path.display());
@@ -77,6 +81,7 @@ impl Writer {
                 self.rewrite_at = self.len.saturating_mul(2);
             }
         }
+        self.compaction.running.store(false, Ordering::Release);
     }
 }
 

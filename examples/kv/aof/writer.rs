@@ -3,7 +3,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -111,6 +111,16 @@ impl std::fmt::Debug for Msg {
 #[derive(Debug)]
 pub struct Journal {
     tx: Mutex<Sender<Msg>>,
+    compaction: Arc<Compaction>,
+}
+
+/// Where compaction stands, as the writer reports it.
+#[derive(Debug, Default)]
+pub(super) struct Compaction {
+    /// A rewrite has started and not finished.
+    pub(super) running: AtomicBool,
+    /// Rewrites that replaced the log.
+    pub(super) done: AtomicU64,
 }
 
 impl Journal {
@@ -133,6 +143,7 @@ impl Journal {
             ),
         }
         let (tx, rx) = mpsc::channel();
+        let compaction = Arc::new(Compaction::default());
         let writer = Writer {
             file,
             len,
@@ -143,12 +154,16 @@ impl Journal {
             dirty: false,
             store: Arc::downgrade(store),
             tx: tx.clone(),
+            compaction: compaction.clone(),
             cfg,
         };
         std::thread::Builder::new()
             .name("kv-aof".into())
             .spawn(move || writer.run(rx))?;
-        Ok(Journal { tx: Mutex::new(tx) })
+        Ok(Journal {
+            tx: Mutex::new(tx),
+            compaction,
+        })
     }
 
     /// Queues a record; the returned ticket says when it is logged.
@@ -167,6 +182,18 @@ impl Journal {
         let t = Ticket::new();
         self.send(Msg::Sync(t.0.clone()), &t);
         t.wait()
+    }
+
+    /// Whether a compaction is under way, and how many have replaced the
+    /// log so far. Exact once [`sync`](Self::sync) has returned twice in a
+    /// row with nothing else logged: the writer decides whether to compact
+    /// right after the batch it just acknowledged.
+    #[cfg(test)]
+    pub fn compaction(&self) -> (bool, u64) {
+        (
+            self.compaction.running.load(Ordering::Acquire),
+            self.compaction.done.load(Ordering::Acquire),
+        )
     }
 
     fn send(&self, msg: Msg, t: &Ticket) {
@@ -192,6 +219,7 @@ pub(super) struct Writer {
     pub(super) dirty: bool,
     pub(super) store: Weak<Store>,
     pub(super) tx: Sender<Msg>,
+    pub(super) compaction: Arc<Compaction>,
     pub(super) cfg: Config,
 }
 
