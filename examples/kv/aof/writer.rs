@@ -111,6 +111,8 @@ impl std::fmt::Debug for Msg {
 #[derive(Debug)]
 pub struct Journal {
     tx: Mutex<Sender<Msg>>,
+    /// Read by the tests, which wait for compactions to finish.
+    #[cfg_attr(not(test), allow(dead_code))]
     compaction: Arc<Compaction>,
 }
 
