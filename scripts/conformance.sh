@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Conformance of a memcached-compatible server at HOST PORT:
 #   1. memccapable (libmemcached-tools) in ascii mode, then binary mode;
-#   2. a pymemcache suite (scripts/conformance_pymemcache.py).
-# Installs what is missing (apt-get for libmemcached-tools, pip for
-# pymemcache). WARNING: flushes the server. Exits non-zero on any failure.
+#   2. a pymemcache suite (scripts/conformance_pymemcache.py);
+#   3. a byte-for-byte comparison with Debian's memcached, which the script
+#      starts itself (scripts/memcached_diff.py).
+# Installs what is missing (apt-get for libmemcached-tools and memcached,
+# pip for pymemcache). The server must run with memcached's default limits
+# (-m 64, -I 1m). WARNING: flushes the server. Exits non-zero on any failure.
 #
 # Usage: scripts/conformance.sh HOST PORT
 set -euo pipefail
@@ -20,14 +23,18 @@ as_root() {
     if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
 }
 
-if ! command -v memccapable >/dev/null 2>&1; then
-    echo "== installing libmemcached-tools" >&2
+apt_install() {
+    echo "== installing $1" >&2
     export DEBIAN_FRONTEND=noninteractive
-    as_root apt-get install -y -qq libmemcached-tools >/dev/null 2>&1 || {
+    as_root apt-get install -y -qq "$1" >/dev/null 2>&1 || {
         as_root apt-get update -qq
-        as_root apt-get install -y -qq libmemcached-tools
+        as_root apt-get install -y -qq "$1"
     }
-fi
+}
+command -v memccapable >/dev/null 2>&1 || apt_install libmemcached-tools
+# The reference server; the package starts a system instance, which the
+# comparison does not use.
+command -v memcached >/dev/null 2>&1 || apt_install memcached
 
 python=python3
 if ! "$python" -c 'import pymemcache' 2>/dev/null; then
@@ -54,6 +61,12 @@ run_capable binary -b
 echo "== pymemcache suite against $host:$port"
 if ! timeout 120 "$python" "$here/conformance_pymemcache.py" "$host" "$port"; then
     echo "pymemcache suite: FAILED" >&2
+    failed=1
+fi
+
+echo "== byte-for-byte comparison with memcached against $host:$port"
+if ! timeout 300 "$python" "$here/memcached_diff.py" "$host:$port"; then
+    echo "memcached comparison: FAILED" >&2
     failed=1
 fi
 

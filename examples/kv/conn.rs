@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::auth::Users;
+use crate::stats::{ConnStat, ConnTable};
 use crate::store::Store;
 use crate::{auth, binary, text};
 
@@ -60,6 +61,10 @@ pub struct Ctx {
     pub auth_cmds: AtomicU64,
     /// Authentication attempts that failed (memcached's `auth_errors`).
     pub auth_errors: AtomicU64,
+    /// Idle timeout in seconds, 0 for none (reported by `stats settings`).
+    pub idle_timeout: u64,
+    /// Open connections and the listening address (`stats conns`).
+    pub conns: ConnTable,
 }
 
 impl Ctx {
@@ -82,6 +87,8 @@ impl Ctx {
             auth_file: None,
             auth_cmds: AtomicU64::new(0),
             auth_errors: AtomicU64::new(0),
+            idle_timeout: 0,
+            conns: ConnTable::default(),
         }
     }
 }
@@ -101,6 +108,10 @@ pub struct Conn<'a, S> {
     unyielded: usize,
     /// When the unfinished request now buffered started to arrive.
     partial_since: Option<Instant>,
+    /// Replies are dropped (a text command with `noreply`).
+    muted: bool,
+    /// This connection's entry in `stats conns`, if it has one.
+    stat: Option<Arc<ConnStat>>,
     /// Largest the input buffer has been (for tests of its bound).
     #[cfg(test)]
     high_water: usize,
@@ -118,6 +129,8 @@ impl<'a, S: Read + Write> Conn<'a, S> {
             ctx,
             unyielded: 0,
             partial_since: None,
+            muted: false,
+            stat: None,
             #[cfg(test)]
             high_water: INPUT_INITIAL,
         }
@@ -172,6 +185,9 @@ impl<'a, S: Read + Write> Conn<'a, S> {
                 self.high_water = self.high_water.max(want);
             }
         }
+        if let Some(s) = &self.stat {
+            s.waiting();
+        }
         let n = loop {
             match self.stream.read(&mut self.buf[self.end..]) {
                 Ok(n) => break n,
@@ -179,6 +195,9 @@ impl<'a, S: Read + Write> Conn<'a, S> {
                 Err(e) => return Err(e),
             }
         };
+        if let Some(s) = &self.stat {
+            s.read_at(self.ctx.store.now());
+        }
         self.read_done(n);
         self.end += n;
         Ok(n > 0)
@@ -253,13 +272,24 @@ impl<'a, S: Read + Write> Conn<'a, S> {
         }
     }
 
-    /// Queues reply bytes.
+    /// Queues reply bytes (none while muted).
     pub fn put(&mut self, b: &[u8]) {
-        self.out.extend_from_slice(b);
+        if !self.muted {
+            self.out.extend_from_slice(b);
+        }
+    }
+
+    /// Drops (true) or queues again (false) every reply from now on: a text
+    /// command with `noreply` gets no answer at all, errors included.
+    pub fn set_muted(&mut self, muted: bool) {
+        self.muted = muted;
     }
 
     /// Queues a value: large ones are written directly after flushing.
     pub fn put_value(&mut self, v: &[u8]) -> io::Result<()> {
+        if self.muted {
+            return Ok(());
+        }
         if v.len() >= DIRECT_VALUE {
             self.flush()?;
             self.stream.write_all(v)?;
@@ -443,11 +473,28 @@ impl Drop for Open<'_> {
 /// # Errors
 ///
 /// I/O errors other than the peer going away.
+#[cfg(test)]
 pub fn handle_conn<S: Read + Write>(stream: S, ctx: &Ctx) -> io::Result<()> {
+    handle_conn_from(stream, ctx, None)
+}
+
+/// [`handle_conn`] for a connection listed by `stats conns` under `id`
+/// (its socket number) with its peer address (`tcp:HOST:PORT`).
+///
+/// # Errors
+///
+/// As [`handle_conn`].
+pub fn handle_conn_from<S: Read + Write>(
+    stream: S,
+    ctx: &Ctx,
+    listed: Option<(u64, String)>,
+) -> io::Result<()> {
     ctx.curr_conns.fetch_add(1, Ordering::Relaxed);
     ctx.total_conns.fetch_add(1, Ordering::Relaxed);
     let _open = Open(ctx);
+    let registered = listed.map(|(id, peer)| ctx.conns.register(id, peer, ctx.store.now()));
     let mut c = Conn::new(stream, ctx);
+    c.stat = registered.as_ref().map(|r| r.stat.clone());
     let r = (|| {
         if !c.fill(INPUT_INITIAL)? {
             return Ok(());

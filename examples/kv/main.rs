@@ -12,8 +12,34 @@
 //! written when the input runs dry, so pipelined requests share one write.
 //!
 //! Modules: [`store`] (sharded LRU hash table), [`text`] and [`binary`]
-//! (protocols), [`conn`] (buffers, context, protocol detection), [`aof`]
-//! (optional append-only log), [`auth`] (ASCII authentication, `-Y`).
+//! (protocols), [`conn`] (buffers, context, protocol detection), [`stats`]
+//! (the `stats` subcommands), [`aof`] (optional append-only log), [`auth`]
+//! (ASCII authentication, `-Y`).
+//!
+//! # Differences from memcached
+//!
+//! `scripts/memcached_diff.py` sends the same requests to kv and to
+//! memcached 1.6 and compares the replies byte for byte; what it does not
+//! cover, or what kv does differently on purpose:
+//!
+//! - **Long lines.** memcached serves any line its 16 KiB read buffer holds
+//!   and closes the connection when a line without a newline outgrows 2 KiB
+//!   (unless it is a `get`/`gets`, which may grow without limit). Whether a
+//!   line of 3 KiB is served thus depends on how the client's bytes were
+//!   split into reads. kv decides on the line alone: 16 KiB for any
+//!   command, 2 MiB for `get`, `gets`, `gat` and `gats` (a bound on a
+//!   connection's memory), and past that it answers `CLIENT_ERROR line too
+//!   long`, drops the line and keeps the connection.
+//! - **Flags of 2^32 or more.** memcached 1.6.18 stores them truncated to
+//!   32 bits; kv answers `CLIENT_ERROR bad command line format` rather than
+//!   hand back other flags than the client stored.
+//! - **Statistics values.** Names and order match memcached's (`stats`,
+//!   `settings`, `items`, `slabs`, `sizes`, `conns`); values are kv's own.
+//!   kv has no slab allocator: `items` and `slabs` group items by the class
+//!   memcached would use, and counters kv does not keep read 0 (see
+//!   `stats.rs`). `stats detail on|off|dump` is not supported (kv keeps no
+//!   per-prefix counters).
+//! - **Version.** `version` reports `1.6.0-weave-kv-…`.
 
 mod aof;
 mod auth;
@@ -21,10 +47,12 @@ mod binary;
 mod conn;
 #[cfg(test)]
 mod fuzz;
+mod stats;
 mod store;
 mod text;
 
 use std::io;
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -161,6 +189,7 @@ fn run(args: Args) -> io::Result<()> {
     ctx.threads = threads;
     ctx.max_conns = args.conn_limit;
     ctx.request_timeout = Duration::from_secs(args.request_timeout);
+    ctx.idle_timeout = args.idle_timeout;
     ctx.verbosity = AtomicU32::new(args.verbose as u32);
     if let Some(path) = &args.auth_file {
         let users = auth::Users::load(path)
@@ -235,9 +264,17 @@ fn serve(
         "kv listening on {:?} with {threads} workers",
         server.local_addrs()
     );
+    if let Some(a) = server.local_addrs().first() {
+        *ctx.conns.listen.lock().unwrap() = format!("tcp:{a}");
+    }
     let summary = server.serve(move |c| {
         c.set_nodelay(true)?;
-        conn::handle_conn(c, &ctx)
+        let peer = match c.peer_addr() {
+            weave::server::PeerAddr::Tcp(a) => format!("tcp:{a}"),
+            p => p.to_string(),
+        };
+        let listed = Some((c.as_raw_fd() as u64, peer));
+        conn::handle_conn_from(c, &ctx, listed)
     })?;
     log::info!("server stopped: {summary:?}");
     Ok(())
