@@ -930,3 +930,183 @@ fn block_on_borrows_locals() {
     assert!(r.is_err());
     assert_eq!(rt.block_on(|| 5), 5);
 }
+
+// ---- broadcast, send_timeout ----
+
+use weave::sync::broadcast;
+use weave::sync::SendTimeoutError;
+
+#[test]
+fn broadcast_every_receiver_gets_every_message() {
+    let rt = rt(4);
+    rt.block_on(|| {
+        let n = 2000u64;
+        let (tx, rx) = broadcast::channel::<u64>(n as usize);
+        let mut hs = Vec::new();
+        for _ in 0..4 {
+            let mut rx = tx.subscribe();
+            hs.push(weave::spawn(move || {
+                let mut sum = 0;
+                let mut count = 0;
+                loop {
+                    match rx.recv() {
+                        Ok(v) => {
+                            sum += v;
+                            count += 1;
+                        }
+                        Err(broadcast::RecvError::Disconnected) => return (count, sum),
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+            }));
+        }
+        drop(rx);
+        let tx2 = tx.clone();
+        let sender = weave::spawn(move || {
+            for i in 0..n {
+                tx2.send(i).unwrap();
+                if i % 64 == 0 {
+                    weave::yield_now();
+                }
+            }
+        });
+        sender.join().unwrap();
+        drop(tx);
+        for h in hs {
+            assert_eq!(h.join().unwrap(), (n, n * (n - 1) / 2));
+        }
+    });
+}
+
+#[test]
+fn broadcast_lagging_receiver_is_told_how_many_it_missed() {
+    let (tx, mut slow) = broadcast::channel::<u32>(4);
+    let mut fast = tx.subscribe();
+    for i in 0..10 {
+        tx.send(i).unwrap();
+        assert_eq!(fast.recv(), Ok(i));
+    }
+    assert_eq!(slow.recv(), Err(broadcast::RecvError::Lagged(6)));
+    for i in 6..10 {
+        assert_eq!(slow.recv(), Ok(i));
+    }
+    assert_eq!(slow.try_recv(), Err(broadcast::TryRecvError::Empty));
+    assert_eq!(
+        slow.recv_timeout(Duration::from_millis(5)),
+        Err(broadcast::TryRecvError::Empty)
+    );
+    drop(tx);
+    assert_eq!(slow.recv(), Err(broadcast::RecvError::Disconnected));
+    // No receivers: send gives the value back.
+    let (tx, rx) = broadcast::channel::<u32>(1);
+    drop(rx);
+    assert_eq!(tx.send(5).unwrap_err().0, 5);
+}
+
+#[test]
+fn broadcast_in_select_and_cancelled_receiver() {
+    let rt = rt(2);
+    rt.block_on(|| {
+        let (tx, mut rx) = broadcast::channel::<u32>(8);
+        let tx2 = tx.clone();
+        weave::spawn(move || {
+            weave::sleep(Duration::from_millis(2));
+            tx2.send(3).unwrap();
+        });
+        let mut sel = Select::new();
+        let b = sel.recv(&rx);
+        assert_eq!(sel.ready_timeout(Duration::from_secs(20)), Ok(b));
+        drop(sel);
+        assert_eq!(rx.try_recv(), Ok(3));
+        let mut rx2 = tx.subscribe();
+        let h = spawn_started(move || rx2.recv());
+        weave::sleep(Duration::from_millis(2));
+        h.cancel();
+        assert_cancelled(h.join());
+        assert_eq!(tx.receiver_count(), 1);
+    });
+}
+
+#[test]
+fn send_timeout_bounded_rendezvous_and_disconnected() {
+    let rt = rt(2);
+    rt.block_on(|| {
+        let (tx, rx) = mpsc::sync_channel::<u32>(1);
+        tx.send_timeout(1, Duration::from_millis(5)).unwrap();
+        assert_eq!(
+            tx.send_timeout(2, Duration::from_millis(5)),
+            Err(SendTimeoutError::Timeout(2))
+        );
+        // Room frees before the deadline: the send goes through.
+        let taker = weave::spawn(move || {
+            weave::sleep(Duration::from_millis(5));
+            let a = rx.recv().unwrap();
+            let b = rx.recv().unwrap();
+            (a, b, rx)
+        });
+        tx.send_timeout(3, Duration::from_secs(20)).unwrap();
+        let (a, b, rx) = taker.join().unwrap();
+        assert_eq!((a, b), (1, 3));
+        drop(rx);
+        assert_eq!(
+            tx.send_timeout(4, Duration::from_secs(20)),
+            Err(SendTimeoutError::Disconnected(4))
+        );
+
+        // Rendezvous: nobody takes it in time; the value comes back and the
+        // slot is free for the next sender.
+        let (tx, rx) = mpsc::sync_channel::<u32>(0);
+        assert_eq!(
+            tx.send_timeout(5, Duration::from_millis(5)),
+            Err(SendTimeoutError::Timeout(5))
+        );
+        let r = weave::spawn(move || rx.recv().unwrap());
+        tx.send_timeout(6, Duration::from_secs(20)).unwrap();
+        assert_eq!(r.join().unwrap(), 6);
+    });
+}
+
+#[test]
+fn hub_with_send_timeout_is_not_frozen_by_a_slow_consumer() {
+    let rt = rt(3);
+    rt.block_on(|| {
+        let (fast_tx, fast_rx) = mpsc::sync_channel::<u32>(4);
+        let (slow_tx, slow_rx) = mpsc::sync_channel::<u32>(4);
+        let fast = weave::spawn(move || fast_rx.iter().count());
+        let mut dropped = 0;
+        for i in 0..100 {
+            fast_tx.send_timeout(i, Duration::from_secs(20)).unwrap();
+            if slow_tx.send_timeout(i, Duration::from_millis(1)).is_err() {
+                dropped += 1;
+            }
+        }
+        drop(fast_tx);
+        assert_eq!(fast.join().unwrap(), 100);
+        assert_eq!(
+            dropped, 96,
+            "the slow consumer never read: all but 4 dropped"
+        );
+        drop(slow_rx);
+    });
+}
+
+#[test]
+fn cancelled_rendezvous_sender_leaves_the_channel_usable() {
+    let rt = rt(2);
+    rt.block_on(|| {
+        let (tx, rx) = mpsc::sync_channel::<u32>(0);
+        let tx = Arc::new(tx);
+        let t2 = tx.clone();
+        let h = spawn_started(move || t2.send(1));
+        weave::sleep(Duration::from_millis(5));
+        h.cancel();
+        assert_cancelled(h.join());
+        let r = weave::spawn(move || rx.recv().unwrap());
+        tx.send(2).unwrap();
+        assert_eq!(
+            r.join().unwrap(),
+            2,
+            "the cancelled sender's message was taken back"
+        );
+    });
+}

@@ -63,7 +63,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use super::error::{RecvTimeoutError, SendError, TryRecvError, TrySendError};
+use super::error::{RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError};
 use super::waiter::{lock, Pending, Pos, WaitQueue, Wakeups, Watchers};
 use crate::fiber::park_until;
 use crate::fiber::raw::Unparker;
@@ -254,14 +254,31 @@ impl<T> Chan<T> {
     /// Sends, blocking while the channel is full (and, for a rendezvous
     /// channel, until a receiver took the message).
     pub(crate) fn send(&self, v: T) -> Result<(), SendError<T>> {
+        self.send_deadline(v, None)
+            .map_err(|e| SendError(e.into_inner()))
+    }
+
+    /// [`send`](Self::send), giving up at `deadline`: the value comes back
+    /// with `Timeout` if no slot came free (for a rendezvous channel: no
+    /// receiver took it) in time.
+    pub(crate) fn send_deadline(
+        &self,
+        v: T,
+        deadline: Option<Instant>,
+    ) -> Result<(), SendTimeoutError<T>> {
         let mut st = lock(&self.state);
         let mut pos = Pos::Back;
         loop {
             if st.receivers == 0 {
-                return Err(SendError(v));
+                return Err(SendTimeoutError::Disconnected(v));
             }
             if self.has_room(&st) {
                 break;
+            }
+            // A hint queue: the condition is re-checked above, before the
+            // deadline, so a wakeup that came with the timeout is used.
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(SendTimeoutError::Timeout(v));
             }
             let p = Pending::new(
                 &self.state,
@@ -271,8 +288,16 @@ impl<T> Chan<T> {
                 pass_on(|s| &mut s.send_q),
             );
             drop(st);
-            st = p.wait(None).0;
-            pos = Pos::Front;
+            let (g, notified) = p.wait(deadline);
+            st = g;
+            if notified {
+                pos = Pos::Front;
+            } else if deadline.is_some_and(|d| Instant::now() >= d)
+                && st.receivers != 0
+                && !self.has_room(&st)
+            {
+                return Err(SendTimeoutError::Timeout(v));
+            }
         }
         let mut wake = Wakeups::new();
         let seq = self.push(&mut st, v, &mut wake);
@@ -287,13 +312,25 @@ impl<T> Chan<T> {
             if st.taken > seq {
                 return Ok(());
             }
-            if st.receivers == 0 {
+            let timed_out = deadline.is_some_and(|d| Instant::now() >= d);
+            if st.receivers == 0 || timed_out {
+                // Take the message back and free the slot; it was never
+                // delivered, so it gives its number back too.
                 st.owned_slot = false;
+                st.pushed -= 1;
                 let v = st
                     .queue
                     .pop_back()
                     .expect("a rendezvous message not taken is still in its slot");
-                return Err(SendError(v));
+                let mut wake = Wakeups::new();
+                st.send_q.notify_one(&mut wake);
+                drop(st);
+                drop(wake);
+                return Err(if timed_out {
+                    SendTimeoutError::Timeout(v)
+                } else {
+                    SendTimeoutError::Disconnected(v)
+                });
             }
             let p = Pending::new(
                 &self.state,
@@ -307,6 +344,7 @@ impl<T> Chan<T> {
                     let mut back = None;
                     if s.taken <= seq {
                         back = s.queue.pop_back();
+                        s.pushed -= 1;
                         s.owned_slot = false;
                         s.send_q.notify_one(&mut wake);
                     }
@@ -315,7 +353,7 @@ impl<T> Chan<T> {
             );
             drop(st);
             mem::take(&mut wake).wake();
-            st = p.wait(None).0;
+            st = p.wait(deadline).0;
         }
     }
 

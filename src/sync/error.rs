@@ -97,6 +97,58 @@ impl<T> TrySendError<T> {
     }
 }
 
+/// The error of [`SyncSender::send_timeout`](super::SyncSender::send_timeout):
+/// the value comes back.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use weave::sync::SendTimeoutError;
+/// let (tx, rx) = weave::sync::sync_channel(1);
+/// tx.send(1).unwrap();
+/// assert_eq!(tx.send_timeout(2, Duration::from_millis(1)), Err(SendTimeoutError::Timeout(2)));
+/// drop(rx);
+/// assert_eq!(tx.send_timeout(3, Duration::from_millis(1)), Err(SendTimeoutError::Disconnected(3)));
+/// ```
+#[derive(PartialEq, Eq, Clone, Copy)]
+pub enum SendTimeoutError<T> {
+    /// No room came free in time (for a rendezvous channel: no receiver
+    /// took the value in time).
+    Timeout(T),
+    /// Every receiver is gone.
+    Disconnected(T),
+}
+
+impl<T> SendTimeoutError<T> {
+    /// The value that was not sent.
+    pub fn into_inner(self) -> T {
+        match self {
+            SendTimeoutError::Timeout(v) | SendTimeoutError::Disconnected(v) => v,
+        }
+    }
+}
+
+impl<T> fmt::Debug for SendTimeoutError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SendTimeoutError::Timeout(_) => f.write_str("Timeout(..)"),
+            SendTimeoutError::Disconnected(_) => f.write_str("Disconnected(..)"),
+        }
+    }
+}
+
+impl<T> fmt::Display for SendTimeoutError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SendTimeoutError::Timeout(_) => f.write_str("timed out sending on a full channel"),
+            SendTimeoutError::Disconnected(_) => f.write_str("sending on a closed channel"),
+        }
+    }
+}
+
+impl<T> Error for SendTimeoutError<T> {}
+
 impl<T> fmt::Debug for SendError<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("SendError { .. }")

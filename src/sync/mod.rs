@@ -68,6 +68,7 @@
 //! ```
 
 mod barrier;
+pub mod broadcast;
 mod chan;
 mod condvar;
 mod error;
@@ -82,7 +83,9 @@ pub(crate) mod waiter;
 
 pub use barrier::{Barrier, BarrierWaitResult};
 pub use condvar::{Condvar, WaitTimeoutResult};
-pub use error::{RecvError, RecvTimeoutError, SendError, TryRecvError, TrySendError};
+pub use error::{
+    RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
+};
 pub use mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
 pub use mutex::{Mutex, MutexGuard};
 pub use rwlock::{RwLock, RwLockReadGuard, RwLockWriteGuard};

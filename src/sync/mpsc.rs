@@ -44,7 +44,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::chan::Chan;
-use super::error::{RecvError, RecvTimeoutError, SendError, TryRecvError, TrySendError};
+use super::error::{
+    RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
+};
 
 /// Creates an unbounded channel: [`Sender::send`] never blocks.
 ///
@@ -181,6 +183,31 @@ impl<T> SyncSender<T> {
     /// ```
     pub fn send(&self, t: T) -> Result<(), SendError<T>> {
         self.chan.send(t)
+    }
+
+    /// Like [`send`](Self::send), but gives up after `timeout`: a hub that
+    /// feeds many consumers can drop (or count) a message for a slow one
+    /// instead of freezing. On a rendezvous channel the value must also be
+    /// taken within the timeout; if not, it comes back.
+    ///
+    /// # Errors
+    ///
+    /// [`SendTimeoutError::Timeout`] with the value if no slot came free in
+    /// time, [`SendTimeoutError::Disconnected`] if the receiver is gone.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let (tx, rx) = weave::sync::sync_channel(1);
+    /// tx.send_timeout(1, Duration::from_millis(5)).unwrap();
+    /// // Full, and nobody receives: the value comes back.
+    /// assert_eq!(tx.send_timeout(2, Duration::from_millis(5)).unwrap_err().into_inner(), 2);
+    /// assert_eq!(rx.recv(), Ok(1));
+    /// ```
+    pub fn send_timeout(&self, t: T, timeout: Duration) -> Result<(), SendTimeoutError<T>> {
+        self.chan
+            .send_deadline(t, Instant::now().checked_add(timeout))
     }
 
     /// Sends a value if there is room now (on a rendezvous channel: if the
