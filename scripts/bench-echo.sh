@@ -26,7 +26,10 @@
 #   SERVERS ["weave tokio may mio"]; add weave_net (the echo on the bare
 #           net layer) to measure the server framework's overhead, and
 #           weave_single (one listener and acceptor instead of one per
-#           worker) to compare accept strategies
+#           worker) to compare accept strategies, and weave_alt (the echo
+#           binary at WEAVE_ALT_BIN, built from another revision) to compare
+#           two builds of weave side by side
+#   WEAVE_ALT_BIN       the echo binary weave_alt runs
 #   SCENARIOS ["1:64:1 64:64:1 64:4096:1 1000:64:1 64:64:16"] conns:size:depth;
 #           a depth of "churn" makes each client connect, echo one message
 #           and close in a loop (msgs/s is then connections per second)
@@ -63,8 +66,15 @@ fi
 
 echo "== building release binaries" >&2
 cargo build --release --quiet --example echo --example echo_net --example echo_load
-# The peers live in the bench/ workspace member (same target directory).
-cargo build --release --quiet -p weave-bench --example echo_tokio --example echo_may --example echo_mio
+# The peers live in the bench/ workspace member (same target directory);
+# only those being measured are built.
+PEERS=()
+for s in $SERVERS; do
+    case $s in tokio | may | mio) PEERS+=(--example "echo_$s") ;; esac
+done
+if [ ${#PEERS[@]} -gt 0 ]; then
+    cargo build --release --quiet -p weave-bench "${PEERS[@]}"
+fi
 
 WORK=$(mktemp -d)
 SERVER_PID=""
@@ -82,6 +92,7 @@ server_bin() {
         weave) echo "$BIN/echo" ;;
         weave_net) echo "$BIN/echo_net" ;;
         weave_single) echo "$BIN/echo" ;;
+        weave_alt) echo "${WEAVE_ALT_BIN:?bench-echo: set WEAVE_ALT_BIN for weave_alt}" ;;
         tokio) echo "$BIN/echo_tokio" ;;
         may) echo "$BIN/echo_may" ;;
         mio) echo "$BIN/echo_mio" ;;

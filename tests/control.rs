@@ -1110,3 +1110,44 @@ fn cancelled_rendezvous_sender_leaves_the_channel_usable() {
         );
     });
 }
+
+#[test]
+fn server_connections_cut_by_shutdown_are_not_handler_panics() {
+    let server = weave::Server::builder()
+        .bind("127.0.0.1:0")
+        .workers(2)
+        .handle_signals(false)
+        .shutdown_grace(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let addr = server.local_addrs()[0];
+    let handle = server.handle();
+    let entered = Arc::new(AtomicUsize::new(0));
+    let e2 = entered.clone();
+    let t = std::thread::spawn(move || {
+        server
+            .serve(move |_conn| {
+                e2.fetch_add(1, Ordering::SeqCst);
+                // Ignores its socket: only the runtime's shutdown stops it.
+                weave::sleep(Duration::from_secs(3600));
+                Ok(())
+            })
+            .unwrap()
+    });
+    let _c = std::net::TcpStream::connect(addr).unwrap();
+    let end = Instant::now() + Duration::from_secs(20);
+    while entered.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < end, "the handler never ran");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    handle.stop();
+    let summary = t.join().unwrap();
+    assert_eq!(
+        summary.still_open, 1,
+        "the handler outlived the grace period"
+    );
+    // The runtime is gone: the handler was cancelled, not counted as a panic.
+    let c = handle.counters();
+    assert_eq!(c.panics, 0);
+    assert_eq!(c.active, 0);
+}

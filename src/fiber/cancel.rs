@@ -54,6 +54,11 @@
 //! weave's own server does so (a connection cut by cancellation or shutdown
 //! is not logged as a handler panic).
 //!
+//! A lock held across the unwind is released by its guard's destructor and,
+//! as with a panic, poisoned (a `weave::sync::Mutex` or a std one): the
+//! cancellation may have cut a critical section short at a blocking point
+//! inside it.
+//!
 //! # While unwinding
 //!
 //! Cancellation is not raised again while the fiber is already unwinding:
