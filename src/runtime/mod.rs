@@ -38,7 +38,11 @@
 //! without blocking, fires due timers and takes one fiber from the injector,
 //! so neither I/O nor outside work starves behind a busy run queue.
 //! A fiber that runs longer than the hog threshold (default 100 ms) without
-//! parking is logged by name, since it delays every fiber on its worker.
+//! parking is logged by name at `warn` level, since it delays every fiber on
+//! its worker. The report goes through the `log` crate only; a program that
+//! installed no logger (log's level is still `Off`, its default) would never
+//! see it, so the first report is then also printed to stderr, once per
+//! process, with a hint to install a logger for the rest.
 
 pub(crate) mod context;
 pub(crate) mod worker;
@@ -56,6 +60,26 @@ use once_cell::sync::OnceCell;
 use crate::fiber::raw::FiberRef;
 use crate::fiber::JoinHandle;
 use crate::io::ScheduledIo;
+
+/// Set once the first hog report has gone to stderr.
+static HOG_PRINTED: AtomicBool = AtomicBool::new(false);
+
+/// Reports a fiber that ran for `ran` without parking on worker `worker`:
+/// through `log` at `warn` level, and the first time also on stderr when no
+/// logger is installed (see the module docs).
+pub(crate) fn report_hog(name: &str, ran: Duration, worker: usize) {
+    let ms = ran.as_millis();
+    log::warn!(
+        "weave: fiber '{name}' ran for {ms} ms without parking; it delays every fiber on worker {worker}"
+    );
+    if log::max_level() == log::LevelFilter::Off && !HOG_PRINTED.swap(true, Ordering::Relaxed) {
+        eprintln!(
+            "weave: fiber '{name}' ran for {ms} ms without parking; it delays every fiber on \
+             worker {worker} (printed once because no logger is installed; install one, \
+             e.g. env_logger, to see every report)"
+        );
+    }
+}
 
 /// Default stack size of a fiber: 256 KiB of address space, of which only the
 /// pages a fiber touches become resident.
@@ -232,7 +256,8 @@ impl Builder {
     }
 
     /// A fiber that runs longer than this without parking is logged at
-    /// `warn` level. Default: 100 ms.
+    /// `warn` level (and, when no logger is installed, the first such report
+    /// is printed to stderr). Default: 100 ms.
     pub fn hog_threshold(mut self, d: Duration) -> Builder {
         self.config.hog_threshold = d;
         self

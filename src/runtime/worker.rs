@@ -348,12 +348,7 @@ impl Worker {
         #[cfg(debug_assertions)]
         fiber.on_cpu.store(false, Ordering::Release);
         if ran >= self.shared.config.hog_threshold {
-            log::warn!(
-                "weave: fiber '{}' ran for {} ms without parking; it delays every fiber on worker {}",
-                fiber.display_name(),
-                ran.as_millis(),
-                self.index
-            );
+            super::report_hog(&fiber.display_name(), ran, self.index);
         }
         if matches!(result, CoroutineResult::Yield(_)) && std::thread::panicking() {
             fiber.control.suspended_unwinding.set(true);
