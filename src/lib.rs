@@ -68,7 +68,8 @@
 //! **Stacks are fixed-size.** A fiber gets 256 KiB of address space by default
 //! (pages are committed only when touched) with a guard page below, carved
 //! from large shared mappings, so the number of live fibers is bounded by
-//! memory, not by the kernel's mapping count. Overflow
+//! memory, not by the kernel's mapping count (a fiber parked at a shallow
+//! depth holds about 4.7 KiB; `docs/scale.md` has the figures). Overflow
 //! prints the fiber's name and stack size and aborts the process; it never
 //! corrupts memory. Raise it with [`fiber::Builder::stack_size`] or
 //! [`runtime::Builder::stack_size`].
