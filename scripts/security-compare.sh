@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # kv's defenses (ASCII authentication with -Y, the hang-up on HTTP request
-# lines, TLS) compared byte for byte with Debian's memcached: both run side
-# by side on free loopback ports and get the same requests
-# (scripts/security_compare.py). Installs memcached with apt-get when it is
-# missing (its service is not needed: the script starts its own servers).
+# lines, TLS with -Z) compared byte for byte with Debian's memcached: both
+# run side by side on free loopback ports and get the same requests, raw and
+# from pymemcache over TLS (scripts/security_compare.py). Installs memcached
+# and openssl with apt-get and pymemcache with pip when missing (memcached's
+# service is not needed: the script starts its own servers).
 #
 # Usage: scripts/security-compare.sh [KV_BINARY]
 #   (default: target/release/examples/kv, built if missing)
@@ -29,6 +30,18 @@ if [ -z "$mc" ]; then
     }
     mc=$(command -v memcached)
 fi
+if ! command -v openssl >/dev/null 2>&1; then
+    as_root apt-get install -y -qq openssl >/dev/null 2>&1 || {
+        as_root apt-get update -qq
+        as_root apt-get install -y -qq openssl
+    }
+fi
+python=python3
+if ! "$python" -c 'import pymemcache' 2>/dev/null; then
+    echo "== installing pymemcache" >&2
+    "$python" -m pip install --quiet pymemcache 2>/dev/null ||
+        "$python" -m pip install --quiet --break-system-packages pymemcache
+fi
 echo "== $("$mc" -V) against $kv"
 
 dir=$(mktemp -d)
@@ -38,4 +51,10 @@ printf 'alice:secret\nbob:hunter2\n' >"$dir/auth"
 # memcached drops to user nobody when started as root: it must read the file.
 chmod 644 "$dir/auth"
 
-timeout 300 python3 scripts/security_compare.py "$kv" "$mc" "$dir/auth"
+# A throwaway self-signed certificate for 127.0.0.1.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 \
+    -keyout "$dir/key.pem" -out "$dir/cert.pem" 2>/dev/null
+chmod 644 "$dir/key.pem" "$dir/cert.pem"
+
+timeout 300 "$python" scripts/security_compare.py "$kv" "$mc" "$dir/auth" "$dir/cert.pem" "$dir/key.pem"

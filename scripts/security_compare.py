@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """Byte-for-byte comparison of the kv example's defenses against memcached.
 
-Usage: security_compare.py KV_BIN MEMCACHED_BIN AUTH_FILE
+Usage: security_compare.py KV_BIN MEMCACHED_BIN AUTH_FILE CERT KEY
 
-Starts four servers on free loopback ports: kv and memcached each plain and
+Starts six servers on free loopback ports: kv and memcached each plain,
 each with ASCII authentication (-Y AUTH_FILE, which must hold alice:secret
-and bob:hunter2). Sends every case below to both servers of a pair, each
+and bob:hunter2), and each with TLS (-Z -o ssl_chain_cert=CERT,ssl_key=KEY,
+CERT self-signed for 127.0.0.1). Sends every case below to both servers of a pair, each
 case on a fresh connection, one chunk at a time with a short pause between
 chunks, then reads until the server closes or stays quiet. The replies and
 whether the connection was closed must be identical. Cases are chosen to be
@@ -20,6 +21,7 @@ Exits non-zero on any difference (printing both sides).
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -189,6 +191,71 @@ PLAIN_CASES = [
 ]
 
 
+# Plaintext sent to the TLS servers: nothing may come back.
+PLAINTEXT_TO_TLS_CASES = [
+    [b"version\r\n"],
+    [b"set k 0 0 1\r\nx\r\nget k\r\n"],
+    [b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"],
+    [b"\x80\x0b" + b"\x00" * 22],
+]
+
+# Sessions inside TLS: the same replies as in plaintext.
+TLS_SESSIONS = [
+    [b"set k 0 0 5\r\nhello\r\n", b"get k\r\n", b"delete k\r\n", b"get k\r\n"],
+    [b"incr n 1\r\n", b"set n 0 0 1\r\n9\r\n", b"incr n 1\r\n", b"bogus\r\n"],
+    [b"GET / HTTP/1.1\r\n", b"get k\r\n"],
+]
+
+
+def tls_talk(port, cert, chunks):
+    """Like talk(), inside a TLS session that verifies the server."""
+    ctx = ssl.create_default_context(cafile=cert)
+    raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s = ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+    data = b""
+    state = "open"
+    try:
+        for ch in chunks:
+            s.sendall(ch)
+            time.sleep(PAUSE)
+        s.settimeout(QUIET)
+        while True:
+            d = s.recv(65536)
+            if not d:
+                state = "closed"
+                break
+            data += d
+    except socket.timeout:
+        pass
+    except (ConnectionResetError, BrokenPipeError, ssl.SSLEOFError):
+        state = "closed"
+    finally:
+        s.close()
+    return data, state
+
+
+def pymemcache_tls(port, cert):
+    """A real client over TLS: pymemcache with an ssl context."""
+    from pymemcache.client.base import Client
+
+    ctx = ssl.create_default_context(cafile=cert)
+    c = Client(("127.0.0.1", port), tls_context=ctx, timeout=5, connect_timeout=5)
+    out = []
+    out.append(c.set("tls-key", b"over tls", noreply=False))
+    out.append(c.get("tls-key"))
+    out.append(c.add("tls-key", b"again", noreply=False))
+    out.append(c.incr("tls-n", 1))
+    out.append(c.set("tls-n", b"41", noreply=False))
+    out.append(c.incr("tls-n", 1))
+    out.append(c.get_many(["tls-key", "tls-n", "absent"]))
+    out.append(c.delete("tls-key", noreply=False))
+    big = bytes(range(256)) * 4096  # 1 MiB less 48 bytes of framing
+    out.append(c.set("tls-big", big[: 1000 * 1000], noreply=False))
+    out.append(c.get("tls-big") == big[: 1000 * 1000])
+    c.close()
+    return out
+
+
 def stat(port, name, chunks=()):
     """A stat's value on a fresh connection (after sending `chunks`)."""
     s = socket.create_connection(("127.0.0.1", port), timeout=5)
@@ -227,7 +294,8 @@ def compare(label, kv_port, mc_port, cases):
 
 
 def main():
-    kv_bin, mc_bin, auth_file = sys.argv[1:4]
+    kv_bin, mc_bin, auth_file, cert, key = sys.argv[1:6]
+    tls = ["-Z", "-o", "ssl_chain_cert=%s,ssl_key=%s" % (cert, key)]
     mc_user = ["-u", "nobody"] if os.getuid() == 0 else []
     procs = []
     try:
@@ -240,12 +308,32 @@ def main():
                 "mc-auth",
                 [mc_bin, *mc_user, "-U", "0", "-l", "127.0.0.1", "-p", "{port}", "-t", "2", "-Y", auth_file],
             ),
+            ("kv-tls", [kv_bin, "-l", "127.0.0.1", "-p", "{port}", "-t", "2", *tls]),
+            ("mc-tls", [mc_bin, *mc_user, "-U", "0", "-l", "127.0.0.1", "-p", "{port}", "-t", "2", *tls]),
         ]:
             p, port = start(cmd)
             procs.append(p)
             servers[name] = port
         failures = compare("plain", servers["kv"], servers["mc"], PLAIN_CASES)
         failures += compare("auth", servers["kv-auth"], servers["mc-auth"], AUTH_CASES)
+        failures += compare(
+            "plaintext-to-tls", servers["kv-tls"], servers["mc-tls"], PLAINTEXT_TO_TLS_CASES
+        )
+        for case in TLS_SESSIONS:
+            k = tls_talk(servers["kv-tls"], cert, case)
+            m = tls_talk(servers["mc-tls"], cert, case)
+            if k != m:
+                failures += 1
+                print("DIFF tls %r\n  kv:        %r\n  memcached: %r" % (b"".join(case), k, m))
+            else:
+                print("same tls %r -> %r" % (b"".join(case), m))
+        k = pymemcache_tls(servers["kv-tls"], cert)
+        m = pymemcache_tls(servers["mc-tls"], cert)
+        if k != m:
+            failures += 1
+            print("DIFF pymemcache over tls\n  kv:        %r\n  memcached: %r" % (k, m))
+        else:
+            print("same pymemcache over tls -> %r" % (m,))
         # The failure counters: one good and two bad attempts.
         deltas = []
         for name in ("kv-auth", "mc-auth"):
@@ -269,7 +357,7 @@ def main():
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
-    total = len(PLAIN_CASES) + len(AUTH_CASES) + 1
+    total = len(PLAIN_CASES) + len(AUTH_CASES) + len(PLAINTEXT_TO_TLS_CASES) + len(TLS_SESSIONS) + 2
     if failures:
         print("security comparison: %d of %d cases differ" % (failures, total))
         sys.exit(1)

@@ -57,6 +57,9 @@ pub struct Ctx {
     pub auth: Option<Arc<Users>>,
     /// Where the users came from (reported by `stats settings`).
     pub auth_file: Option<String>,
+    /// TLS certificate chain and key files, when TLS is on (reported by
+    /// `stats settings`).
+    pub tls_files: Option<(String, String)>,
     /// Authentication attempts checked (memcached's `auth_cmds`).
     pub auth_cmds: AtomicU64,
     /// Authentication attempts that failed (memcached's `auth_errors`).
@@ -85,6 +88,7 @@ impl Ctx {
             request_timeout: Duration::ZERO,
             auth: None,
             auth_file: None,
+            tls_files: None,
             auth_cmds: AtomicU64::new(0),
             auth_errors: AtomicU64::new(0),
             idle_timeout: 0,

@@ -14,7 +14,7 @@
 //! Modules: [`store`] (sharded LRU hash table), [`text`] and [`binary`]
 //! (protocols), [`conn`] (buffers, context, protocol detection), [`stats`]
 //! (the `stats` subcommands), [`aof`] (optional append-only log), [`auth`]
-//! (ASCII authentication, `-Y`).
+//! (ASCII authentication, `-Y`), [`tls`] (TLS, `-Z`).
 //!
 //! # Differences from memcached
 //!
@@ -50,6 +50,7 @@ mod fuzz;
 mod stats;
 mod store;
 mod text;
+mod tls;
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -99,6 +100,16 @@ struct Args {
     /// (any key). Binary requests are refused.
     #[arg(short = 'Y', long = "auth-file", value_name = "FILE")]
     auth_file: Option<PathBuf>,
+    /// Serve TLS only, on every listener (needs `-o ssl_chain_cert=FILE`); a
+    /// client that does not speak TLS gets nothing. SIGHUP reloads the
+    /// certificate and key.
+    #[arg(short = 'Z', long = "enable-ssl")]
+    enable_ssl: bool,
+    /// memcached's extended options, `name=value[,name=value...]`:
+    /// `ssl_chain_cert=FILE` (PEM certificate chain, leaf first) and
+    /// `ssl_key=FILE` (PEM private key; default: from the chain file).
+    #[arg(short = 'o', long = "extended", value_name = "OPTS")]
+    extended: Vec<String>,
     /// Verbose logging (-v: info, -vv: debug, -vvv: trace).
     #[arg(short = 'v', action = clap::ArgAction::Count)]
     verbose: u8,
@@ -128,6 +139,39 @@ fn parse_size(s: &str) -> Result<usize, String> {
     n.checked_mul(mult)
         .filter(|&b| b > 0)
         .ok_or_else(|| format!("size '{s}' is out of range"))
+}
+
+/// The TLS files named by `-o` options.
+#[derive(Debug, Default)]
+struct Extended {
+    ssl_chain_cert: Option<PathBuf>,
+    ssl_key: Option<PathBuf>,
+}
+
+/// Parses `-o` options (each a comma-separated list of `name=value`).
+fn parse_extended(opts: &[String]) -> io::Result<Extended> {
+    let mut ext = Extended::default();
+    for item in opts.iter().flat_map(|o| o.split(',')) {
+        let (name, value) = item.split_once('=').unwrap_or((item, ""));
+        let slot = match name {
+            "ssl_chain_cert" => &mut ext.ssl_chain_cert,
+            "ssl_key" => &mut ext.ssl_key,
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("unsupported -o option '{name}' (kv knows ssl_chain_cert and ssl_key)"),
+                ))
+            }
+        };
+        if value.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("-o {name} needs a file name: {name}=FILE"),
+            ));
+        }
+        *slot = Some(PathBuf::from(value));
+    }
+    Ok(ext)
 }
 
 fn main() {
@@ -197,6 +241,29 @@ fn run(args: Args) -> io::Result<()> {
         ctx.auth = Some(Arc::new(users));
         ctx.auth_file = Some(path.display().to_string());
     }
+    let ext = parse_extended(&args.extended)?;
+    let tls = match (args.enable_ssl, &ext.ssl_chain_cert) {
+        (true, Some(chain)) => {
+            let key = ext.ssl_key.as_ref().unwrap_or(chain);
+            let tls = Arc::new(tls::Tls::new(chain, key)?);
+            tls::reload_on_sighup(tls.clone())?;
+            ctx.tls_files = Some((chain.display().to_string(), key.display().to_string()));
+            Some(tls)
+        }
+        (true, None) => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "-Z needs a certificate: -o ssl_chain_cert=FILE[,ssl_key=FILE]",
+            ))
+        }
+        (false, Some(_)) => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "ssl_chain_cert given without -Z (TLS is off)",
+            ))
+        }
+        (false, None) => None,
+    };
     let ctx = Arc::new(ctx);
 
     start_sweeper(store.clone())?;
@@ -207,7 +274,7 @@ fn run(args: Args) -> io::Result<()> {
     };
     let addr = format!("{host}:{}", args.port);
     let idle = Duration::from_secs(args.idle_timeout);
-    let served = serve(&addr, threads, args.conn_limit, idle, ctx.clone());
+    let served = serve(&addr, threads, args.conn_limit, idle, ctx.clone(), tls);
     if let Some(j) = store.journal() {
         if let Err(e) = j.sync() {
             log::error!("final log sync failed: {e}");
@@ -236,15 +303,16 @@ fn start_sweeper(store: Arc<Store>) -> io::Result<()> {
 }
 
 /// Listens on `addr` and serves every connection with
-/// [`conn::handle_conn`] on its own fiber, until SIGINT or SIGTERM (then
-/// shuts down gracefully). The one place that knows how connections are
-/// accepted and scheduled.
+/// [`conn::handle_conn`] on its own fiber (inside TLS when `tls` is set),
+/// until SIGINT or SIGTERM (then shuts down gracefully). The one place that
+/// knows how connections are accepted and scheduled.
 fn serve(
     addr: &str,
     threads: usize,
     conn_limit: usize,
     idle: Duration,
     ctx: Arc<Ctx>,
+    tls: Option<Arc<tls::Tls>>,
 ) -> io::Result<()> {
     // The framework binds one SO_REUSEPORT listener per worker, which would
     // let a second kv on the same port silently share the traffic. Fail like
@@ -274,7 +342,10 @@ fn serve(
             p => p.to_string(),
         };
         let listed = Some((c.as_raw_fd() as u64, peer));
-        conn::handle_conn_from(c, &ctx, listed)
+        match &tls {
+            Some(tls) => tls.serve(c, |s| conn::handle_conn_from(s, &ctx, listed)),
+            None => conn::handle_conn_from(c, &ctx, listed),
+        }
     })?;
     log::info!("server stopped: {summary:?}");
     Ok(())

@@ -206,9 +206,22 @@ pub fn settings(ctx: &Ctx) -> List {
         ("ext_max_frag", s("0.00")),
         ("slab_automove_freeratio", s("0.000")),
         ("ext_drop_unread", s("no")),
-        ("ssl_enabled", s("no")),
-        ("ssl_chain_cert", s("(null)")),
-        ("ssl_key", s("(null)")),
+        (
+            "ssl_enabled",
+            s(if ctx.tls_files.is_some() { "yes" } else { "no" }),
+        ),
+        (
+            "ssl_chain_cert",
+            ctx.tls_files
+                .as_ref()
+                .map_or_else(|| s("(null)"), |f| f.0.clone()),
+        ),
+        (
+            "ssl_key",
+            ctx.tls_files
+                .as_ref()
+                .map_or_else(|| s("(null)"), |f| f.1.clone()),
+        ),
         ("ssl_verify_mode", s(0)),
         ("ssl_keyformat", s(1)),
         ("ssl_ciphers", s("NULL")),
