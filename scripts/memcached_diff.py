@@ -39,7 +39,7 @@ CAS_IN_VALUE = rb"VALUE \S+ \d+ \d+ (\d+)\r\n"
 STAT_VALUE = ("any", rb"STAT \S+ ([^\r]*)\r\n")
 # Connection numbers of `stats conns`.
 CONN_ID = ("any", rb"STAT (\d+):")
-# Meta flags carrying a CAS, a TTL, a last-access time or an opaque.
+# The CAS a meta reply returns (`c` flag).
 META_CAS = rb" c(\d+)"
 
 
@@ -138,6 +138,70 @@ CASES = [
     case("cache_memlimit", "cache_memlimit\r\ncache_memlimit x\r\ncache_memlimit 0\r\ncache_memlimit 64\r\ncache_memlimit 64 noreply\r\n"),
     case("quit ends the connection", "set a 0 0 1\r\nx\r\nquit\r\nget a\r\n"),
     case("bare newlines and empty values", "set a 0 0 0\n\r\nget a\nget nothing\n"),
+    # Meta commands.
+    case(
+        "meta get flags",
+        "ms foo 3 T0 F5 c\r\nbar\r\nmg foo v c f s t k O123 h l\r\nmg foo h l q k\r\nmg miss v q\r\n"
+        "mg miss v k O9\r\nmg miss\r\nmn\r\nmg foo h l t f u\r\nmg foo h\r\nmg foo\r\n",
+        [META_CAS],
+    ),
+    case(
+        "meta vivify, invalidate and recache",
+        "mg viv N30 v c t\r\nmg viv N30 v c t\r\nms foo 3\r\nbar\r\nmd foo I T30\r\nmg foo v c\r\n"
+        "mg foo v c\r\nms foo 3 I\r\nnew\r\nmg foo v\r\nmg foo R30 v t\r\nms ttl 2 T10\r\nhi\r\n"
+        "mg ttl R30 v t\r\nmg ttl R30 v t\r\nms foo 2 C1\r\nhi\r\nmg foo c\r\n",
+        [META_CAS],
+    ),
+    case(
+        "meta set modes and CAS",
+        "ms a 1 ME\r\n1\r\nms a 1 ME\r\n2\r\nms a 1 MA\r\n3\r\nms a 1 MP\r\n0\r\nms b 1 MR\r\nx\r\n"
+        "ms a 1 MR c\r\n9\r\nmg a v\r\nms a 1 MS F7 T100\r\n5\r\nmg a v f t\r\nms b 1 MA\r\nx\r\n"
+        "ms b 1 MP\r\nx\r\nms m 1 MA N30\r\nx\r\nms a 1 C1\r\nz\r\nms nope 1 C1\r\nz\r\n"
+        "ms a 1 q\r\ny\r\nms b 1 MR q\r\ny\r\nms a 1 k O5 b\r\ny\r\nmn\r\n",
+        [META_CAS],
+    ),
+    case(
+        "meta delete",
+        "ms a 1\r\n1\r\nmd a\r\nmd a\r\nms a 1\r\n1\r\nmd a q\r\nmd a q\r\nmd a O5 k\r\n"
+        "ms a 1\r\n1\r\nmd a C1\r\nmd a\r\nmn\r\n",
+    ),
+    case(
+        "meta arithmetic",
+        "ma cnt\r\nma cnt N0 J10 v\r\nma cnt v MD D3 t c\r\nma cnt q\r\nma cnt M+ D100 v\r\n"
+        "ma cnt M- D1000 v\r\nms txt 1\r\nx\r\nma txt\r\nma cnt MI v T100 t\r\nma foo N0 J5 O7 k c\r\n"
+        "ma nope q\r\nma cnt C1 v\r\nma cnt Mi D18446744073709551615 v\r\nmn\r\n",
+        [META_CAS],
+    ),
+    case(
+        "meta odds and ends",
+        "ms a 1 Ms\r\n1\r\nms a 1 Ma\r\n2\r\nmg a v\r\nms a 2 T100\r\nhi\r\nmg a t T30\r\nmg a T50 t\r\n"
+        "mg a s\r\nmg a q s k\r\nmg Zm9v b k\r\nmg a O1 q\r\nma x N100 t v\r\nma x t\r\nmn\r\n"
+        "ms c 0\r\n\r\nmg c v s\r\nma c\r\nmd a x\r\nmg a v\r\nmn\r\n",
+    ),
+    case("meta debug", "ms foo 3\r\nbar\r\nmg foo\r\nme foo\r\nme nothere\r\nme\r\nms f2 5 F3 T100\r\nhello\r\nme f2\r\n", [rb"cas=(\d+)"]),
+    case(
+        "meta base64 keys",
+        "ms Zm9v 2 b k\r\nhi\r\nmg foo v\r\nmg Zm9v b v k c\r\nmg !!! b v\r\nms foo 2 b\r\nhi\r\n"
+        "md Zm9v b k\r\nmg foo v\r\nmn\r\n",
+        [META_CAS],
+    ),
+    case(
+        "meta errors",
+        "mg\r\nmg foo zz\r\nmg foo v v\r\nmg " + "k" * 251 + " v\r\nms foo\r\nms foo x\r\n"
+        "ms foo 2 MX\r\nhi\r\nms foo 2 Fx\r\nhi\r\nms foo 2 T\r\nhi\r\nms foo 2 c\r\nhix\r\n"
+        "md\r\nmd foo Cx\r\nma foo Dx\r\nma foo MX\r\nmn x\r\nme\r\n"
+        "mg foo O12345678901234567890123456789012345 v\r\nma\r\nmn\r\n",
+    ),
+    case(
+        "meta too large value",
+        "ms big 2000000 T0\r\n" + "v" * 2000000 + "\r\nmg big s\r\nms big 1 T0\r\nx\r\n"
+        "ms big 2000000 MA\r\n" + "v" * 2000000 + "\r\nmg big s v\r\n",
+    ),
+    case(
+        "classic and meta mixed",
+        "set a 5 0 2\r\nhi\r\nmg a v f\r\nms a 3 F9\r\nbye\r\nget a\r\nincr n 1\r\nma n N0 J41\r\n"
+        "incr n 1\r\nmg n v\r\ndelete a\r\nmg a v\r\nmn\r\n",
+    ),
     # Statistics, compared by names and order (values masked).
     case("stats settings", "stats settings\r\n", [STAT_VALUE]),
     case(

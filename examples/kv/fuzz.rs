@@ -350,6 +350,10 @@ fn builtin_seeds(target: Target) -> Vec<Vec<u8>> {
             b"flush_all\r\nflush_all 10 noreply\r\nversion\r\nverbosity 1\r\nstats settings\r\n",
             b"set big 0 0 4097\r\n",
             b"cache_memlimit 1\r\nreplace a 0 0 1\r\nq\r\nquit\r\n",
+            b"ms m 2 T0 F5 c\r\nhi\r\nmg m v c f s t k O1 h l\r\nmg x q v\r\nmn\r\n",
+            b"mg v N30 v c t\r\nmg v N30 t\r\nmd m I T30\r\nmg m v c\r\nms m 1 I C1\r\nx\r\n",
+            b"ms c 1 ME\r\n1\r\nms c 1 MA q\r\n2\r\nma c N0 J5 D3 MD v t c\r\nma c M+ q\r\nme c\r\n",
+            b"ms Zm9v 2 b k\r\nhi\r\nmg Zm9v b k v\r\nmd Zm9v b q\r\nmg foo zz\r\nms foo 2 MX\r\nhi\r\n",
         ]
         .iter()
         .map(|s| s.to_vec())

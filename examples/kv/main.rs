@@ -11,8 +11,8 @@
 //! code: read a request, act on the store, queue the reply; replies are
 //! written when the input runs dry, so pipelined requests share one write.
 //!
-//! Modules: [`store`] (sharded LRU hash table), [`text`] and [`binary`]
-//! (protocols), [`conn`] (buffers, context, protocol detection), [`stats`]
+//! Modules: [`store`] (sharded LRU hash table), [`text`], [`meta`] and
+//! [`binary`] (protocols), [`conn`] (buffers, context, protocol detection), [`stats`]
 //! (the `stats` subcommands), [`aof`] (optional append-only log), [`auth`]
 //! (ASCII authentication, `-Y`), [`tls`] (TLS, `-Z`).
 //!
@@ -39,6 +39,13 @@
 //!   memcached would use, and counters kv does not keep read 0 (see
 //!   `stats.rs`). `stats detail on|off|dump` is not supported (kv keeps no
 //!   per-prefix counters).
+//! - **Meta `E` flag.** kv accepts `E` (use this CAS unique) on `ms`,
+//!   `mg` with `N`, as memcached's protocol.txt defines it; Debian's
+//!   memcached 1.6.18 predates it and answers `CLIENT_ERROR invalid flag`.
+//!   `ma` and `md` accept it and ignore it.
+//! - **Meta state and the log.** The fetched, stale and win-token bits of
+//!   the meta protocol are kept in memory only; after a restart from
+//!   `--aof`, items read as fresh and unfetched.
 //! - **Version.** `version` reports `1.6.0-weave-kv-…`.
 
 mod aof;
@@ -47,6 +54,7 @@ mod binary;
 mod conn;
 #[cfg(test)]
 mod fuzz;
+mod meta;
 mod stats;
 mod store;
 mod text;

@@ -252,6 +252,12 @@ pub fn class_sizes() -> Vec<usize> {
     sizes
 }
 
+/// The class (1-based) memcached would store an item of `size` bytes in.
+pub fn class_of(size: usize) -> usize {
+    let sizes = class_sizes();
+    sizes.partition_point(|&c| c < size).min(sizes.len() - 1) + 1
+}
+
 /// The bytes memcached's item would take for this key, value and flags.
 pub fn item_size(key: usize, value: usize, flags: u32) -> usize {
     ITEM_HEADER + 8 + key + 1 + value + 2 + if flags != 0 { 4 } else { 0 }

@@ -43,8 +43,8 @@ use std::io::{self, Read, Write};
 use std::sync::atomic::Ordering;
 
 use crate::conn::{reset_stats, stats_list, Conn, Ctx, VERSION};
-use crate::stats;
 use crate::store::{DeleteStatus, DeltaStatus, Mode, StoreStatus, Value, KEY_MAX};
+use crate::{meta, stats};
 
 /// Longest command line (memcached handles any line that fits its 16 KiB
 /// read buffer).
@@ -288,6 +288,13 @@ fn command<S: Read + Write>(c: &mut Conn<'_, S>, ctx: &Ctx, line: &[u8]) -> io::
             }
         }
         b"stats" => stats(c, ctx, toks),
+        b"mg" | b"ms" | b"md" | b"ma" | b"mn" | b"me" => {
+            return Ok(if meta::command(c, ctx, cmd, toks)? {
+                Flow::Go
+            } else {
+                Flow::Quit
+            });
+        }
         b"quit" => return Ok(Flow::Quit),
         b"shutdown" => c.put(b"ERROR: shutdown not enabled\r\n"),
         _ if looks_like_http(line) => return Ok(Flow::HangUp),

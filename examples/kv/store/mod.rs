@@ -49,13 +49,15 @@ use crate::aof::{Journal, Record};
 mod evict;
 mod expiry;
 mod journal;
+mod meta;
 mod shard;
 mod stats;
 #[cfg(test)]
 mod tests;
 
 pub use expiry::Clock;
-use shard::{Dead, Entry, Shard, NIL};
+pub use meta::{MetaGetOpts, SetOpts};
+use shard::{Dead, Entry, MetaBits, Shard, NIL};
 use stats::bump;
 pub use stats::Stats;
 
@@ -290,7 +292,10 @@ impl Store {
         let (found, dead) = self.find(&mut sh, key, now);
         let out = found.map(|idx| {
             sh.bump(idx, self.tick());
-            sh.entry(idx).item()
+            let e = sh.entry_mut(idx);
+            e.meta.fetched = true;
+            e.meta.access = now;
+            e.item()
         });
         drop(sh);
         self.count_get(&out, dead);
@@ -347,6 +352,8 @@ impl Store {
         sh.bump(idx, self.tick());
         let e = sh.entry_mut(idx);
         e.exptime = exp;
+        e.meta.fetched = true;
+        e.meta.access = now;
         let item = e.item();
         let ticket = self.journal_submit(|| Record::Touch {
             key: key.into(),
@@ -381,6 +388,19 @@ impl Store {
         flags: u32,
         exp: u64,
     ) -> Persisted<StoreStatus> {
+        self.store_with(mode, key, data, flags, exp, SetOpts::default())
+    }
+
+    /// [`Store::store_abs`] with the meta protocol's options.
+    pub fn store_with(
+        &self,
+        mode: Mode,
+        key: &[u8],
+        data: Value,
+        flags: u32,
+        exp: u64,
+        opts: SetOpts,
+    ) -> Persisted<StoreStatus> {
         let size = key.len() + data.len() + ITEM_OVERHEAD;
         if size > self.limit() {
             return Ok(StoreStatus::NoMemory);
@@ -403,6 +423,12 @@ impl Store {
             (Mode::Cas(_), None) => {
                 bump(&self.stats.cas_misses);
                 return Ok(StoreStatus::NotFound);
+            }
+            // Invalidation mode: an older CAS still stores, as a stale
+            // item (the write of a client that lost a race is kept until
+            // the winner's).
+            (Mode::Cas(c), Some(idx)) if opts.invalidate && c < sh.entry(idx).cas => {
+                (data, flags, exp)
             }
             (Mode::Cas(c), Some(idx)) if sh.entry(idx).cas != c => {
                 bump(&self.stats.cas_badval);
@@ -427,10 +453,14 @@ impl Store {
         if value.len() > self.item_max.load(Ordering::Relaxed) {
             return Ok(StoreStatus::TooLarge);
         }
+        let stale = match (mode, found) {
+            (Mode::Cas(c), Some(idx)) => opts.invalidate && c < sh.entry(idx).cas,
+            _ => false,
+        };
         if let Mode::Cas(_) = mode {
             bump(&self.stats.cas_hits);
         }
-        let cas = self.next_cas();
+        let cas = opts.new_cas.unwrap_or_else(|| self.next_cas());
         let ticket = self.journal_submit(|| Record::Set {
             key: key.into(),
             value: value.clone(),
@@ -438,14 +468,18 @@ impl Store {
             exptime: exp,
             stored: now,
         });
-        self.put(&mut sh, found, key, value, flags, exp, now, cas);
+        let idx = self.put(&mut sh, found, key, value, flags, exp, now, cas);
+        let e = sh.entry_mut(idx);
+        e.meta.stale = stale;
+        e.meta.binary_key = opts.binary_key;
         drop(sh);
         self.journal_wait(ticket, key)?;
         self.evict(i, Some(key));
         Ok(StoreStatus::Stored(cas))
     }
 
-    /// Writes a value into the shard (replacing or inserting).
+    /// Writes a value into the shard (replacing or inserting); returns
+    /// its slot.
     #[allow(clippy::too_many_arguments)]
     fn put(
         &self,
@@ -457,28 +491,28 @@ impl Store {
         exp: u64,
         now: u64,
         cas: u64,
-    ) {
+    ) -> u32 {
         bump(&self.stats.total_items);
         let atime = self.tick();
         match found {
             Some(idx) => {
                 sh.replace(idx, value, flags, exp, now, cas, &self.stats);
                 sh.bump(idx, atime);
+                idx
             }
-            None => {
-                sh.insert(
-                    Entry {
-                        key: key.into(),
-                        value,
-                        flags,
-                        exptime: exp,
-                        stored: now,
-                        cas,
-                        atime,
-                    },
-                    &self.stats,
-                );
-            }
+            None => sh.insert(
+                Entry {
+                    key: key.into(),
+                    value,
+                    flags,
+                    exptime: exp,
+                    stored: now,
+                    cas,
+                    atime,
+                    meta: MetaBits::new(now),
+                },
+                &self.stats,
+            ),
         }
     }
 

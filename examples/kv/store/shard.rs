@@ -21,6 +21,36 @@ pub(crate) struct Entry {
     /// Last use, in `Store::tick` units, to compare LRU tails across
     /// shards.
     pub(super) atime: u64,
+    /// What the meta protocol reports and acts on.
+    pub(super) meta: MetaBits,
+}
+
+/// Per-item state of the meta protocol (memcached's `ITEM_FETCHED`,
+/// `ITEM_STALE`, `ITEM_TOKEN_SENT` and last-access time).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MetaBits {
+    /// Read since it was stored.
+    pub(super) fetched: bool,
+    /// Invalidated (`md ... I`): still served, marked stale.
+    pub(super) stale: bool,
+    /// A client was told it won the right to recache it.
+    pub(super) token_sent: bool,
+    /// Last access, Unix seconds.
+    pub(super) access: u64,
+    /// The key was stored in base64 (`ms ... b`).
+    pub(super) binary_key: bool,
+}
+
+impl MetaBits {
+    pub(super) fn new(now: u64) -> MetaBits {
+        MetaBits {
+            fetched: false,
+            stale: false,
+            token_sent: false,
+            access: now,
+            binary_key: false,
+        }
+    }
 }
 
 impl Entry {
@@ -181,6 +211,7 @@ impl Shard {
         e.exptime = exptime;
         e.stored = now;
         e.cas = cas;
+        e.meta = MetaBits::new(now);
         let new = e.size();
         if new >= old {
             stats.bytes.fetch_add((new - old) as u64, Ordering::Relaxed);
