@@ -2,10 +2,12 @@
 # Conformance of a memcached-compatible server at HOST PORT:
 #   1. memccapable (libmemcached-tools) in ascii mode, then binary mode;
 #   2. a pymemcache suite (scripts/conformance_pymemcache.py);
-#   3. a byte-for-byte comparison with Debian's memcached, which the script
+#   3. a meta-protocol suite through the meta-memcache client
+#      (scripts/conformance_meta.py);
+#   4. a byte-for-byte comparison with Debian's memcached, which the script
 #      starts itself (scripts/memcached_diff.py).
 # Installs what is missing (apt-get for libmemcached-tools and memcached,
-# pip for pymemcache). The server must run with memcached's default limits
+# pip for pymemcache and meta-memcache). The server must run with memcached's default limits
 # (-m 64, -I 1m). WARNING: flushes the server. Exits non-zero on any failure.
 #
 # Usage: scripts/conformance.sh HOST PORT
@@ -37,11 +39,13 @@ command -v memccapable >/dev/null 2>&1 || apt_install libmemcached-tools
 command -v memcached >/dev/null 2>&1 || apt_install memcached
 
 python=python3
-if ! "$python" -c 'import pymemcache' 2>/dev/null; then
-    echo "== installing pymemcache" >&2
-    "$python" -m pip install --quiet pymemcache 2>/dev/null ||
-        "$python" -m pip install --quiet --break-system-packages pymemcache
-fi
+pip_install() {
+    echo "== installing $1" >&2
+    "$python" -m pip install --quiet "$1" 2>/dev/null ||
+        "$python" -m pip install --quiet --break-system-packages "$1"
+}
+"$python" -c 'import pymemcache' 2>/dev/null || pip_install pymemcache
+"$python" -c 'import meta_memcache' 2>/dev/null || pip_install meta-memcache
 
 failed=0
 run_capable() {
@@ -61,6 +65,12 @@ run_capable binary -b
 echo "== pymemcache suite against $host:$port"
 if ! timeout 120 "$python" "$here/conformance_pymemcache.py" "$host" "$port"; then
     echo "pymemcache suite: FAILED" >&2
+    failed=1
+fi
+
+echo "== meta-memcache suite against $host:$port"
+if ! timeout 120 "$python" "$here/conformance_meta.py" "$host" "$port"; then
+    echo "meta-memcache suite: FAILED" >&2
     failed=1
 fi
 
