@@ -1,11 +1,19 @@
 //! The kv example's append-only log: acknowledged writes survive SIGKILL,
-//! a torn tail is cut at restart, a bad log path is a clear error.
+//! deleted keys stay deleted (evicted or not), CAS uniques survive a
+//! restart, a torn or zero-filled tail is cut at restart, corruption
+//! followed by valid records refuses to start (naming the offset), two
+//! processes cannot share a log, a bad log path is a clear error.
+//!
+//! Losing the page cache (a power cut) is simulated by the unit tests in
+//! `examples/kv/aof/crash_tests.rs`: SIGKILL cannot show it.
 
 mod kv_common;
 
-use std::io::Write;
-use std::path::PathBuf;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::thread;
+use std::time::{Duration, Instant};
 
 use kv_common::Server;
 
@@ -105,11 +113,7 @@ fn torn_tail_is_cut_at_restart() {
     let s = Server::start(&["--aof", &log_s]);
     let mut c = s.connect();
     assert_eq!(c.stat("curr_items"), 100);
-    assert_eq!(
-        std::fs::metadata(&log).unwrap().len(),
-        good,
-        "torn record cut off"
-    );
+    assert_cut_at(&log, good);
     c.expect("set after 0 0 1\r\nx\r\n", "STORED\r\n");
     drop(s);
     let _ = std::fs::remove_dir_all(&dir);
@@ -128,5 +132,257 @@ fn unopenable_log_is_a_clear_startup_error() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no/such/dir/kv.aof"), "unclear error: {err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Runs kv with `args` and waits (bounded) for it to exit on its own; its
+/// exit status and stderr. A kv still running after the bound is killed and
+/// the test fails.
+fn run_expecting_exit(args: &[&str]) -> (std::process::ExitStatus, String) {
+    let mut child = Command::new(kv_common::kv_binary())
+        .args(["-l", "127.0.0.1", "-p", "0"])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn kv");
+    let end = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() >= end {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("kv {args:?} was expected to refuse to start but kept running");
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    (status, err)
+}
+
+/// The offsets of the records of a log (after its 8-byte header).
+fn record_offsets(log: &Path) -> Vec<u64> {
+    let b = std::fs::read(log).unwrap();
+    let mut pos = 8usize;
+    let mut out = Vec::new();
+    while pos + 8 <= b.len() {
+        let len = u32::from_le_bytes(b[pos..pos + 4].try_into().unwrap()) as usize;
+        out.push(pos as u64);
+        pos += 8 + len;
+    }
+    out
+}
+
+/// The log was cut at `at` at the last start: the record that start logged
+/// (its CAS floor, opcode 6) begins there, and the records after it run to
+/// the end of the file (nothing of what was cut is left).
+fn assert_cut_at(log: &Path, at: u64) {
+    let b = std::fs::read(log).unwrap();
+    let offsets = record_offsets(log);
+    assert!(offsets.contains(&at), "no record at {at}: {offsets:?}");
+    assert_eq!(b[at as usize + 8], 6, "not the start's CAS floor at {at}");
+    let last = *offsets.last().unwrap() as usize;
+    let len = u32::from_le_bytes(b[last..last + 4].try_into().unwrap()) as usize;
+    assert_eq!(last + 8 + len, b.len(), "the log does not end on a record");
+}
+
+#[test]
+fn deleted_keys_stay_deleted_after_restart_even_when_evicted_first() {
+    let dir = tmp("evicted-delete");
+    let log = dir.join("kv.aof");
+    let log_s = log.to_str().unwrap().to_string();
+    let s = Server::start(&["--aof", &log_s, "--fsync", "always", "-m", "1"]);
+    let mut c = s.connect();
+    // Victims, then enough newer data to evict them (about 3 MiB into 1).
+    let victims = ["gone-del", "gone-incr", "gone-touch", "gone-cas"];
+    for v in victims {
+        c.expect(format!("set {v} 0 0 2\r\n10\r\n"), "STORED\r\n");
+    }
+    let fill = "x".repeat(10_000);
+    for i in 0..300 {
+        c.expect(
+            format!("set fill{i} 0 0 {}\r\n{fill}\r\n", fill.len()),
+            "STORED\r\n",
+        );
+    }
+    assert!(c.stat("evictions") > 0);
+    for v in victims {
+        c.expect(format!("get {v}\r\n"), "END\r\n");
+    }
+    // Each of these answers "not found": the client now knows the key is
+    // gone, and a restart must not bring it back.
+    c.expect("delete gone-del\r\n", "NOT_FOUND\r\n");
+    c.expect("incr gone-incr 1\r\n", "NOT_FOUND\r\n");
+    c.expect("touch gone-touch 100\r\n", "NOT_FOUND\r\n");
+    c.expect("cas gone-cas 0 0 1 1\r\nx\r\n", "NOT_FOUND\r\n");
+    // A flushed key, for good measure.
+    c.expect(
+        "set flushed 0 0 1\r\nf\r\nflush_all\r\n",
+        "STORED\r\nOK\r\n",
+    );
+    s.kill();
+
+    let s = Server::start(&["--aof", &log_s, "-m", "64"]);
+    let mut c = s.connect();
+    let mut resurrected = Vec::new();
+    for v in victims.iter().chain(&["flushed"]) {
+        c.send(format!("get {v}\r\n"));
+        if c.line() != "END\r\n" {
+            resurrected.push(*v);
+        }
+    }
+    assert!(
+        resurrected.is_empty(),
+        "deleted keys came back: {resurrected:?}"
+    );
+    drop(s);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `gets` of one key: its CAS unique.
+fn cas_of(c: &mut kv_common::Client, key: &str) -> u64 {
+    c.send(format!("gets {key}\r\n"));
+    let head = c.line();
+    let cas = head
+        .trim_end()
+        .rsplit(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("bad gets reply {head:?}"));
+    c.line();
+    assert_eq!(c.line(), "END\r\n");
+    cas
+}
+
+#[test]
+fn cas_uniques_survive_a_restart() {
+    let dir = tmp("cas");
+    let log = dir.join("kv.aof");
+    let log_s = log.to_str().unwrap().to_string();
+    let s = Server::start(&["--aof", &log_s, "--fsync", "always"]);
+    let mut c = s.connect();
+    c.expect("set kept 0 0 1\r\na\r\n", "STORED\r\n");
+    let kept = cas_of(&mut c, "kept");
+    c.expect("set changed 0 0 1\r\na\r\n", "STORED\r\n");
+    let stale = cas_of(&mut c, "changed");
+    c.expect("set changed 0 0 1\r\nb\r\n", "STORED\r\n");
+    let fresh = cas_of(&mut c, "changed");
+    s.kill();
+
+    for round in 0..2 {
+        let s = Server::start(&["--aof", &log_s, "--fsync", "always"]);
+        let mut c = s.connect();
+        assert_eq!(cas_of(&mut c, "kept"), kept, "round {round}");
+        assert_eq!(cas_of(&mut c, "changed"), fresh, "round {round}");
+        // Uniques handed out after the restart are new ones.
+        c.expect(format!("set new{round} 0 0 1\r\nn\r\n"), "STORED\r\n");
+        let new = cas_of(&mut c, &format!("new{round}"));
+        assert!(
+            new > fresh && new != stale,
+            "round {round}: reused unique {new}"
+        );
+        // A token from before the restart: stale fails, current wins.
+        c.expect(format!("cas changed 0 0 1 {stale}\r\nx\r\n"), "EXISTS\r\n");
+        if round == 1 {
+            c.expect(format!("cas changed 0 0 1 {fresh}\r\nz\r\n"), "STORED\r\n");
+        }
+        s.kill();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn zero_filled_tail_is_cut_at_restart() {
+    let dir = tmp("zeros");
+    let log = dir.join("kv.aof");
+    let log_s = log.to_str().unwrap().to_string();
+    let s = Server::start(&["--aof", &log_s, "--fsync", "always"]);
+    let mut c = s.connect();
+    for i in 0..100 {
+        c.expect(format!("set k{i} 0 0 3\r\nabc\r\n"), "STORED\r\n");
+    }
+    s.kill();
+    // What a power cut in the middle of appends can leave: the file grew,
+    // its data never reached the disk.
+    let good = std::fs::metadata(&log).unwrap().len();
+    let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    f.write_all(&vec![0u8; 64 << 10]).unwrap();
+    drop(f);
+    let s = Server::start(&["--aof", &log_s]);
+    let mut c = s.connect();
+    assert_eq!(c.stat("curr_items"), 100);
+    assert_cut_at(&log, good);
+    c.expect("set after 0 0 1\r\nx\r\n", "STORED\r\n");
+    drop(s);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn corruption_followed_by_valid_records_refuses_to_start_until_told_to_cut() {
+    let dir = tmp("corrupt");
+    let log = dir.join("kv.aof");
+    let log_s = log.to_str().unwrap().to_string();
+    let s = Server::start(&["--aof", &log_s, "--fsync", "always"]);
+    let mut c = s.connect();
+    for i in 0..100 {
+        c.expect(format!("set k{i} 0 0 3\r\nabc\r\n"), "STORED\r\n");
+    }
+    s.kill();
+    let offsets = record_offsets(&log);
+    let bad = *offsets.iter().rev().nth(40).unwrap();
+    // The records before it: sets, and the CAS floor the start logged.
+    let before = offsets.iter().filter(|&&o| o < bad).count() as u64 - 1;
+    let mut bytes = std::fs::read(&log).unwrap();
+    bytes[bad as usize + 8 + 3] ^= 0x5a;
+    std::fs::write(&log, &bytes).unwrap();
+
+    let (status, err) = run_expecting_exit(&["--aof", &log_s]);
+    assert!(!status.success());
+    assert!(err.contains(&format!("offset {bad}")), "no offset: {err}");
+    let flag = format!("--aof-truncate-corrupt {bad}");
+    assert!(err.contains(&flag), "no way out named: {err}");
+    assert_eq!(std::fs::read(&log).unwrap(), bytes, "the log was changed");
+
+    // The flag at another offset does not cut.
+    let other = (bad + 1).to_string();
+    let (status, err) = run_expecting_exit(&["--aof", &log_s, "--aof-truncate-corrupt", &other]);
+    assert!(!status.success(), "cut at the wrong offset: {err}");
+
+    let bad_s = bad.to_string();
+    let s = Server::start(&["--aof", &log_s, "--aof-truncate-corrupt", &bad_s]);
+    let mut c = s.connect();
+    assert_eq!(c.stat("curr_items"), before);
+    assert_cut_at(&log, bad);
+    drop(s);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_second_process_on_the_same_log_refuses_to_start() {
+    let dir = tmp("lock");
+    let log = dir.join("kv.aof");
+    let log_s = log.to_str().unwrap().to_string();
+    let s = Server::start(&["--aof", &log_s]);
+    let mut c = s.connect();
+    c.expect("set a 0 0 1\r\n1\r\n", "STORED\r\n");
+    let (status, err) = run_expecting_exit(&["--aof", &log_s]);
+    assert!(!status.success());
+    assert!(err.contains("locked"), "unclear error: {err}");
+    // The first one is unaffected, and its exit releases the lock.
+    c.expect("get a\r\n", "VALUE a 0 1\r\n1\r\nEND\r\n");
+    s.kill();
+    let s = Server::start(&["--aof", &log_s]);
+    s.connect()
+        .expect("get a\r\n", "VALUE a 0 1\r\n1\r\nEND\r\n");
+    drop(s);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -365,7 +365,7 @@ pub fn stats_list(ctx: &Ctx) -> Vec<(&'static str, String)> {
     let g = |a: &AtomicU64| a.load(Ordering::Relaxed).to_string();
     let (user, system) = cpu_times();
     let uptime = ctx.started.elapsed().as_secs();
-    vec![
+    let mut v = vec![
         ("pid", std::process::id().to_string()),
         ("uptime", uptime.to_string()),
         ("time", ctx.store.now().to_string()),
@@ -407,7 +407,21 @@ pub fn stats_list(ctx: &Ctx) -> Vec<(&'static str, String)> {
         ("evictions", g(&s.evictions)),
         ("reclaimed", g(&s.reclaimed)),
         ("item_size_max", ctx.item_max.to_string()),
-    ]
+    ];
+    if let Some(j) = ctx.store.journal() {
+        let h = j.health();
+        v.extend([
+            ("aof_fsync_errors", g(&h.fsync_errors)),
+            ("aof_write_errors", g(&h.write_errors)),
+            ("aof_writes_refused", g(&h.refused)),
+            (
+                "aof_last_fsync_ok",
+                u8::from(!h.sync_failed.load(Ordering::Relaxed)).to_string(),
+            ),
+            ("aof_rewrites", g(&h.rewrites)),
+        ]);
+    }
+    v
 }
 
 /// `stats reset`: zeroes the counters (not the gauges).

@@ -127,6 +127,11 @@ struct Args {
     /// When the log is synced to disk.
     #[arg(long, value_enum, default_value_t = aof::Fsync::Everysec)]
     fsync: aof::Fsync,
+    /// If replay finds a corrupt record at this byte offset of the log,
+    /// followed by valid ones, cut the log there (dropping everything after
+    /// it) instead of refusing to start. Replay names the offset.
+    #[arg(long, value_name = "OFFSET")]
+    aof_truncate_corrupt: Option<u64>,
     /// Compact the log only once it is at least this many MiB.
     #[arg(long, default_value_t = 64, hide = true)]
     aof_rewrite_min_mb: u64,
@@ -213,8 +218,10 @@ fn run(args: Args) -> io::Result<()> {
     }
     let store = Arc::new(Store::new(limit));
     if let Some(path) = &args.aof {
-        let rep = aof::replay(path, &store)
-            .map_err(|e| io::Error::new(e.kind(), format!("replaying {}: {e}", path.display())))?;
+        let aof::Replayed { file, report: rep } =
+            aof::replay(path, &store, args.aof_truncate_corrupt).map_err(|e| {
+                io::Error::new(e.kind(), format!("replaying {}: {e}", path.display()))
+            })?;
         log::info!(
             "{}: replayed {} records ({} items){}",
             path.display(),
@@ -226,12 +233,9 @@ fn run(args: Args) -> io::Result<()> {
                 String::new()
             }
         );
-        let cfg = aof::Config {
-            path: path.clone(),
-            fsync: args.fsync,
-            rewrite_min: args.aof_rewrite_min_mb << 20,
-        };
-        store.attach_journal(aof::Journal::start(cfg, rep.len, &store)?);
+        let mut cfg = aof::Config::new(path.clone(), args.fsync);
+        cfg.rewrite_min = args.aof_rewrite_min_mb << 20;
+        store.attach_journal(aof::Journal::start(cfg, file, rep.len, &store)?);
     }
     let threads = args
         .threads

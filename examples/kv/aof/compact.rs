@@ -1,8 +1,7 @@
 //! Compaction: rewriting the log from the live dataset while the writer
 //! keeps appending (see "Compaction" in the module docs).
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
@@ -16,15 +15,25 @@ pub(super) struct Rewrite {
 }
 
 impl Writer {
+    /// Starts a compaction if the log has grown enough.
     pub(super) fn maybe_rewrite(&mut self) {
-        if self.rewriting.is_some() || self.len < self.rewrite_at {
+        if self.len >= self.rewrite_at {
+            self.start_rewrite();
+        }
+    }
+
+    /// Starts a compaction unless one is running.
+    pub(super) fn start_rewrite(&mut self) {
+        if self.rewriting.is_some() {
             return;
         }
         let Some(store) = self.store.upgrade() else {
+            self.fail_waiters("the store is gone");
             return;
         };
         let tmp = rewrite_path(&self.cfg.path);
         let tx = self.tx.clone();
+        let fs = self.cfg.fs.clone();
         log::info!(
             "{}: compacting ({} bytes, {} after the last rewrite)",
             self.cfg.path.display(),
@@ -32,36 +41,45 @@ impl Writer {
             self.base
         );
         self.rewriting = Some(Rewrite { tail: Vec::new() });
-        self.compaction.running.store(true, Ordering::Release);
+        self.health.rewriting.store(true, Ordering::Release);
         let spawned = std::thread::Builder::new()
             .name("kv-aof-rewrite".into())
             .spawn(move || {
-                let r = dump(&store, &tmp).map_err(|e| e.to_string());
+                let r = dump(&store, &*fs, &tmp).map_err(|e| e.to_string());
+                drop(store);
                 let _ = tx.send(Msg::RewriteDone(r));
             });
         if let Err(e) = spawned {
             log::error!("cannot start the log rewrite thread: {e}");
             self.rewriting = None;
-            self.compaction.running.store(false, Ordering::Release);
+            self.health.rewriting.store(false, Ordering::Release);
             self.rewrite_at = self.len.saturating_mul(2);
+            self.fail_waiters("cannot start the compaction thread");
         }
     }
 
-    pub(super) fn finish_rewrite(&mut self, r: Result<File, String>) {
+    fn fail_waiters(&mut self, why: &str) {
+        for s in self.compact_waiters.drain(..) {
+            s.complete(Err(why.to_string()));
+        }
+    }
+
+    pub(super) fn finish_rewrite(&mut self, r: Result<Box<dyn LogFile>, String>) {
         let Some(rw) = self.rewriting.take() else {
             return;
         };
         let tmp = rewrite_path(&self.cfg.path);
+        let fs = self.cfg.fs.clone();
         let done = r.and_then(|mut f| {
-            f.write_all(&rw.tail)
+            f.append(&rw.tail)
                 .and_then(|()| f.sync_data())
-                .and_then(|()| std::fs::rename(&tmp, &self.cfg.path))
-                .and_then(|()| sync_dir(&self.cfg.path))
-                .and_then(|()| f.metadata())
-                .map(|m| (f, m.len()))
+                .and_then(|()| fs.rename(&tmp, &self.cfg.path))
+                .and_then(|()| fs.sync_dir(&self.cfg.path))
+                .and_then(|()| f.len())
+                .map(|len| (f, len))
                 .map_err(|e| e.to_string())
         });
-        match done {
+        let result = match done {
             Ok((f, len)) => {
                 log::info!(
                     "{}: compacted {} -> {len} bytes",
@@ -73,15 +91,22 @@ impl Writer {
                 self.base = len;
                 self.rewrite_at = self.cfg.rewrite_min.max(2 * len);
                 self.dirty = false;
-                self.compaction.done.fetch_add(1, Ordering::Release);
+                self.health.rewrites.fetch_add(1, Ordering::Release);
+                Ok(())
             }
             Err(e) => {
                 log::error!("{}: compaction failed: {e}", self.cfg.path.display());
                 let _ = std::fs::remove_file(&tmp);
                 self.rewrite_at = self.len.saturating_mul(2);
+                Err(format!("compaction failed: {e}"))
             }
+        };
+        // Counted, then no longer running, then the waiters: whoever sees
+        // "not running" sees the count, and a waiter sees both.
+        self.health.rewriting.store(false, Ordering::Release);
+        for s in self.compact_waiters.drain(..) {
+            s.complete(result.clone());
         }
-        self.compaction.running.store(false, Ordering::Release);
     }
 }
 
@@ -91,25 +116,18 @@ pub(super) fn rewrite_path(path: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
-fn sync_dir(path: &Path) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    File::open(dir)?.sync_all()
-}
-
-/// Writes the live dataset to a fresh log at `tmp`, synced, and returns it
-/// opened for appending.
-fn dump(store: &Store, tmp: &Path) -> io::Result<File> {
-    let f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(tmp)?;
-    let mut w = io::BufWriter::with_capacity(1 << 20, f);
-    w.write_all(MAGIC)?;
-    let mut buf = Vec::new();
+/// Writes the live dataset to a fresh log at `tmp` (created locked, see
+/// [`file::lock`]), synced, and returns it open for appending. It starts
+/// with the CAS floor (the highest unique handed out so far) and a pending
+/// delayed flush, then one set per live item, uniques included.
+fn dump(store: &Store, fs: &dyn LogFs, tmp: &Path) -> io::Result<Box<dyn LogFile>> {
+    let mut f = fs.create(tmp)?;
+    let mut buf = Vec::with_capacity(1 << 20);
+    buf.extend_from_slice(MAGIC);
+    Record::CasFloor {
+        floor: store.cas_high(),
+    }
+    .encode(&mut buf);
     let pending = store.pending_flush();
     if pending != 0 {
         Record::Flush { at: pending }.encode(&mut buf);
@@ -125,10 +143,11 @@ fn dump(store: &Store, tmp: &Path) -> io::Result<File> {
             flags: item.flags,
             exptime: item.exptime,
             stored,
+            cas: item.cas,
         }
         .encode(&mut buf);
-        if buf.len() > 1 << 20 {
-            if let Err(e) = w.write_all(&buf) {
+        if buf.len() >= 1 << 20 {
+            if let Err(e) = f.append(&buf) {
                 err = Some(e);
             }
             buf.clear();
@@ -137,9 +156,7 @@ fn dump(store: &Store, tmp: &Path) -> io::Result<File> {
     if let Some(e) = err {
         return Err(e);
     }
-    w.write_all(&buf)?;
-    let f = w.into_inner().map_err(|e| e.into_error())?;
+    f.append(&buf)?;
     f.sync_data()?;
-    drop(f);
-    OpenOptions::new().append(true).open(tmp)
+    Ok(f)
 }

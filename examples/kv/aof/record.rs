@@ -9,6 +9,7 @@ pub const MAGIC: &[u8; 8] = b"WKVAOF1\n";
 /// Largest payload replay accepts; anything bigger is corruption.
 pub(super) const MAX_RECORD: u32 = 1 << 30;
 
+/// A set without its CAS unique (logs written before uniques were kept).
 pub(super) const OP_SET: u8 = 1;
 
 const OP_DELETE: u8 = 2;
@@ -16,6 +17,16 @@ const OP_DELETE: u8 = 2;
 const OP_TOUCH: u8 = 3;
 
 const OP_FLUSH: u8 = 4;
+
+/// A set with the item's CAS unique.
+pub(super) const OP_SET_CAS: u8 = 5;
+
+const OP_CAS_FLOOR: u8 = 6;
+
+/// True for a byte that starts a known payload.
+pub(super) fn is_opcode(op: u8) -> bool {
+    (OP_SET..=OP_CAS_FLOOR).contains(&op)
+}
 
 /// A logged mutation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,8 +43,12 @@ pub enum Record {
         exptime: u64,
         /// When it was stored (for delayed flushes).
         stored: u64,
+        /// Its CAS unique (0 in logs from before uniques were kept: replay
+        /// hands out a new one).
+        cas: u64,
     },
-    /// A key removed.
+    /// A key removed (or found absent by a command that would have
+    /// changed it).
     Delete {
         /// Key.
         key: Box<[u8]>,
@@ -50,6 +65,13 @@ pub enum Record {
         /// Absolute time, 0 for now.
         at: u64,
     },
+    /// CAS uniques handed out from here on are above `floor` (written when
+    /// the log is opened and at the start of a compacted log, so a unique
+    /// is never handed out twice, even for items since deleted or lost).
+    CasFloor {
+        /// The highest unique that may have been handed out.
+        floor: u64,
+    },
 }
 
 impl Record {
@@ -64,11 +86,13 @@ impl Record {
                 flags,
                 exptime,
                 stored,
+                cas,
             } => {
-                out.push(OP_SET);
+                out.push(OP_SET_CAS);
                 out.extend_from_slice(&flags.to_le_bytes());
                 out.extend_from_slice(&exptime.to_le_bytes());
                 out.extend_from_slice(&stored.to_le_bytes());
+                out.extend_from_slice(&cas.to_le_bytes());
                 out.extend_from_slice(&(key.len() as u16).to_le_bytes());
                 out.extend_from_slice(key);
                 out.extend_from_slice(value);
@@ -86,6 +110,10 @@ impl Record {
                 out.push(OP_FLUSH);
                 out.extend_from_slice(&at.to_le_bytes());
             }
+            Record::CasFloor { floor } => {
+                out.push(OP_CAS_FLOOR);
+                out.extend_from_slice(&floor.to_le_bytes());
+            }
         }
         let payload_len = (out.len() - start - 8) as u32;
         let crc = crc32(&out[start + 8..]);
@@ -100,19 +128,25 @@ impl Record {
             Some(u64::from_le_bytes(b.get(i..i + 8)?.try_into().ok()?))
         };
         match op {
-            OP_SET => {
+            OP_SET | OP_SET_CAS => {
                 let flags = u32::from_le_bytes(rest.get(0..4)?.try_into().ok()?);
                 let exptime = u64_at(rest, 4)?;
                 let stored = u64_at(rest, 12)?;
-                let klen = u16::from_le_bytes(rest.get(20..22)?.try_into().ok()?) as usize;
-                let key = rest.get(22..22 + klen)?;
-                let value = &rest[22 + klen..];
+                let (cas, at) = if op == OP_SET_CAS {
+                    (u64_at(rest, 20)?, 28)
+                } else {
+                    (0, 20)
+                };
+                let klen = u16::from_le_bytes(rest.get(at..at + 2)?.try_into().ok()?) as usize;
+                let key = rest.get(at + 2..at + 2 + klen)?;
+                let value = &rest[at + 2 + klen..];
                 Some(Record::Set {
                     key: key.into(),
                     value: Value::from(value),
                     flags,
                     exptime,
                     stored,
+                    cas,
                 })
             }
             OP_DELETE => Some(Record::Delete { key: rest.into() }),
@@ -122,6 +156,9 @@ impl Record {
             }),
             OP_FLUSH if rest.len() == 8 => Some(Record::Flush {
                 at: u64_at(rest, 0)?,
+            }),
+            OP_CAS_FLOOR if rest.len() == 8 => Some(Record::CasFloor {
+                floor: u64_at(rest, 0)?,
             }),
             _ => None,
         }

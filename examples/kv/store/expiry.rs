@@ -61,6 +61,7 @@ impl Store {
     /// stored before now + delay become invalid at that time.
     pub fn flush(&self, delay: i64) -> Persisted<()> {
         bump(&self.stats.cmd_flush);
+        self.journal_check()?;
         let at = if delay > 0 { self.abs_expiry(delay) } else { 0 };
         // All shard locks, in order, so the flush is one point in every
         // key's history and in the journal.

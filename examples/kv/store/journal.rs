@@ -1,6 +1,7 @@
 //! The store's side of the append-only log: submitting mutations, replaying
 //! records, and walking live items for compaction.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard};
 
 use crate::aof::{Journal, Record};
@@ -27,6 +28,39 @@ impl Store {
         self.journal.get().map(|j| j.submit(rec()))
     }
 
+    /// Refuses a mutation up front while the journal refuses writes (after
+    /// a failed fsync, until one succeeds), before anything changes.
+    pub(crate) fn journal_check(&self) -> Persisted<()> {
+        match self.journal.get() {
+            Some(j) => j.check(),
+            None => Ok(()),
+        }
+    }
+
+    /// Logs that a command found `key` absent (a delete, or a touch,
+    /// incr/decr, cas, replace, append or prepend that missed), with the
+    /// shard lock held: the log may still hold an older value of the key
+    /// (it was evicted, or expired, or its last write failed), and the
+    /// client has been told it is gone, so replay must not bring it back.
+    pub(crate) fn journal_absent(&self, key: &[u8]) -> Option<crate::aof::Ticket> {
+        self.journal_submit(|| Record::Delete { key: key.into() })
+    }
+
+    /// The highest CAS unique handed out so far.
+    pub(crate) fn cas_high(&self) -> u64 {
+        self.cas.load(Ordering::Relaxed)
+    }
+
+    /// Makes every unique handed out from now on larger than `floor`.
+    /// Values from 2^63 up are left alone: the counter cannot have reached
+    /// them, so only a client gave them (meta `E`), and following one would
+    /// wrap the counter.
+    pub(crate) fn raise_cas(&self, floor: u64) {
+        if floor < 1 << 63 {
+            self.cas.fetch_max(floor, Ordering::Relaxed);
+        }
+    }
+
     /// Waits for the journal's verdict; on failure the key is dropped from
     /// memory so no unlogged value is served any longer.
     pub(crate) fn journal_wait(
@@ -40,23 +74,43 @@ impl Store {
         }
     }
 
-    /// Calls `f` with every live item, one shard at a time (the shard's
-    /// items are copied out under its lock; `f` runs without locks). Used
-    /// by log compaction.
+    /// Calls `f` with every live item, a few hundred slots at a time: each
+    /// batch is copied out (pointer copies) under its shard's lock, and `f`
+    /// runs without locks, so compaction never holds a shard for longer
+    /// than one batch, however big the shard.
+    ///
+    /// The walk is not a snapshot: an item stored, changed or removed
+    /// during it may be seen in either state or (if its slot was reused)
+    /// not at all. Compaction copes: every mutation made during the walk
+    /// is also in the log tail it replays over the walk's output.
     pub fn for_each_live(&self, mut f: impl FnMut(&[u8], &Item, u64)) {
+        const BATCH: usize = 256;
         let now = self.now();
+        let mut items: Vec<(Arc<[u8]>, Item, u64)> = Vec::with_capacity(BATCH);
         for i in 0..SHARDS {
-            let items: Vec<(Arc<[u8]>, Item, u64)> = {
-                let sh = self.lock(i);
-                sh.slots
-                    .iter()
-                    .flatten()
-                    .filter(|e| self.dead(e, now).is_none())
-                    .map(|e| (e.key.clone(), e.item(), e.stored))
-                    .collect()
-            };
-            for (k, it, stored) in &items {
-                f(k, it, *stored);
+            let mut from = 0;
+            loop {
+                let more = {
+                    let sh = self.lock(i);
+                    let end = sh.slots.len().min(from + BATCH);
+                    if from < end {
+                        items.extend(
+                            sh.slots[from..end]
+                                .iter()
+                                .flatten()
+                                .filter(|e| self.dead(e, now).is_none())
+                                .map(|e| (e.key.clone(), e.item(), e.stored)),
+                        );
+                    }
+                    from = end;
+                    from < sh.slots.len()
+                };
+                for (k, it, stored) in items.drain(..) {
+                    f(&k, &it, stored);
+                }
+                if !more {
+                    break;
+                }
             }
         }
     }
@@ -70,11 +124,17 @@ impl Store {
                 flags,
                 exptime,
                 stored,
+                cas,
             } => {
                 let i = self.shard_of(&key);
                 let mut sh = self.lock(i);
                 let (found, _) = self.find(&mut sh, &key, self.now());
-                let cas = self.next_cas();
+                let cas = if cas == 0 {
+                    self.next_cas()
+                } else {
+                    self.raise_cas(cas);
+                    cas
+                };
                 self.put(&mut sh, found, &key, value, flags, exptime, stored, cas);
                 drop(sh);
                 self.evict(i, Some(&key));
@@ -91,6 +151,7 @@ impl Store {
                     (0..SHARDS).map(|i| self.lock(i)).collect();
                 self.apply_flush(&mut guards, at);
             }
+            Record::CasFloor { floor } => self.raise_cas(floor),
         }
     }
 }

@@ -121,6 +121,7 @@ impl Store {
                 flags: 0,
                 exptime: hit.item.exptime,
                 stored: now,
+                cas: hit.item.cas,
             })
         } else if let Some(exp) = o.touch {
             self.journal_submit(|| Record::Touch {
@@ -160,12 +161,15 @@ impl Store {
         if !invalidate {
             return self.delete(key, cas);
         }
+        self.journal_check()?;
         let now = self.now();
         let mut sh = self.lock(self.shard_of(key));
         let (found, _) = self.find(&mut sh, key, now);
         let Some(idx) = found else {
+            let ticket = self.journal_absent(key);
             drop(sh);
             bump(&self.stats.delete_misses);
+            self.journal_wait(ticket, key)?;
             return Ok(DeleteStatus::NotFound);
         };
         if cas != 0 && sh.entry(idx).cas != cas {
@@ -176,12 +180,18 @@ impl Store {
         e.meta.stale = true;
         e.meta.token_sent = false;
         e.cas = new_cas;
-        let ticket = exp.and_then(|exp| {
+        if let Some(exp) = exp {
             e.exptime = exp;
-            self.journal_submit(|| Record::Touch {
-                key: key.into(),
-                exptime: exp,
-            })
+        }
+        // The new unique (and expiry) are logged as the item's whole state;
+        // the stale bit is not (see the module docs).
+        let ticket = self.journal_submit(|| Record::Set {
+            key: key.into(),
+            value: e.value.clone(),
+            flags: e.flags,
+            exptime: e.exptime,
+            stored: e.stored,
+            cas: new_cas,
         });
         drop(sh);
         bump(&self.stats.delete_hits);

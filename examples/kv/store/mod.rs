@@ -342,11 +342,15 @@ impl Store {
     }
 
     fn touch_inner(&self, key: &[u8], exptime: i64) -> Persisted<Option<Item>> {
+        self.journal_check()?;
         let now = self.now();
         let exp = self.abs_expiry(exptime);
         let mut sh = self.lock(self.shard_of(key));
         let (found, _) = self.find(&mut sh, key, now);
         let Some(idx) = found else {
+            let ticket = self.journal_absent(key);
+            drop(sh);
+            self.journal_wait(ticket, key)?;
             return Ok(None);
         };
         sh.bump(idx, self.tick());
@@ -405,6 +409,7 @@ impl Store {
         if size > self.limit() {
             return Ok(StoreStatus::NoMemory);
         }
+        self.journal_check()?;
         let now = self.now();
         let i = self.shard_of(key);
         let mut sh = self.lock(i);
@@ -418,10 +423,16 @@ impl Store {
                 return Ok(StoreStatus::NotStored);
             }
             (Mode::Replace | Mode::Append | Mode::Prepend, None) => {
+                let ticket = self.journal_absent(key);
+                drop(sh);
+                self.journal_wait(ticket, key)?;
                 return Ok(StoreStatus::NotStored);
             }
             (Mode::Cas(_), None) => {
                 bump(&self.stats.cas_misses);
+                let ticket = self.journal_absent(key);
+                drop(sh);
+                self.journal_wait(ticket, key)?;
                 return Ok(StoreStatus::NotFound);
             }
             // Invalidation mode: an older CAS still stores, as a stale
@@ -467,6 +478,7 @@ impl Store {
             flags,
             exptime: exp,
             stored: now,
+            cas,
         });
         let idx = self.put(&mut sh, found, key, value, flags, exp, now, cas);
         let e = sh.entry_mut(idx);
@@ -517,7 +529,12 @@ impl Store {
     }
 
     /// Deletes a key; with `cas != 0` only if the CAS unique matches.
+    ///
+    /// A delete that finds nothing is logged too: the key may still be in
+    /// the log (evicted, expired, or lost to a failed write), and the
+    /// client was told it is gone.
     pub fn delete(&self, key: &[u8], cas: u64) -> Persisted<DeleteStatus> {
+        self.journal_check()?;
         let now = self.now();
         let mut sh = self.lock(self.shard_of(key));
         let (found, _) = self.find(&mut sh, key, now);
@@ -529,10 +546,9 @@ impl Store {
                 DeleteStatus::Deleted
             }
         };
-        let ticket = if status == DeleteStatus::Deleted {
-            self.journal_submit(|| Record::Delete { key: key.into() })
-        } else {
-            None
+        let ticket = match status {
+            DeleteStatus::Deleted | DeleteStatus::NotFound => self.journal_absent(key),
+            DeleteStatus::Exists => None,
         };
         drop(sh);
         match status {
@@ -546,7 +562,8 @@ impl Store {
     /// Increments (`incr`) or decrements a decimal value. Increments wrap at
     /// 2^64, decrements stop at 0. With `initial = Some((value, exptime))` a
     /// missing key is created with that value (binary protocol). With
-    /// `cas != 0` the item's CAS unique must match.
+    /// `cas != 0` the item's CAS unique must match. A miss is logged as a
+    /// delete (see [`Store::delete`]).
     pub fn delta(
         &self,
         key: &[u8],
@@ -555,6 +572,7 @@ impl Store {
         initial: Option<(u64, i64)>,
         cas: u64,
     ) -> Persisted<DeltaStatus> {
+        self.journal_check()?;
         let now = self.now();
         let i = self.shard_of(key);
         let mut sh = self.lock(i);
@@ -568,6 +586,9 @@ impl Store {
             None => match initial {
                 None => {
                     bump(misses);
+                    let ticket = self.journal_absent(key);
+                    drop(sh);
+                    self.journal_wait(ticket, key)?;
                     return Ok(DeltaStatus::NotFound);
                 }
                 Some((init, exptime)) => {
@@ -600,6 +621,7 @@ impl Store {
             flags,
             exptime: exp,
             stored: now,
+            cas: c,
         });
         self.put(&mut sh, found, key, value, flags, exp, now, c);
         drop(sh);
