@@ -8,7 +8,7 @@ use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 
 use clap::Parser;
-use weave::server::{Conn, Server};
+use weave::server::{Conn, Next, Request, Server};
 
 /// Echo server on weave fibers.
 #[derive(Parser, Debug)]
@@ -26,6 +26,10 @@ struct Args {
     /// Use one listener and one acceptor instead of one per worker.
     #[arg(long)]
     single_acceptor: bool,
+    /// Request mode: an idle connection holds no fiber and no buffer; each
+    /// burst of input is echoed on a pooled stack with a pooled buffer.
+    #[arg(long)]
+    request_mode: bool,
 }
 
 /// The whole protocol: read what arrives, write it back, until EOF.
@@ -41,6 +45,19 @@ fn echo(mut conn: Conn, buffer: usize) -> io::Result<()> {
     }
 }
 
+/// The same protocol in request mode: echo what is readable now, then
+/// return at the boundary.
+fn echo_request(req: &mut Request<'_, ()>) -> io::Result<Next> {
+    let (conn, (), buf) = req.parts();
+    buf.resize(buf.capacity(), 0);
+    let n = (&*conn).read(buf)?;
+    if n == 0 {
+        return Ok(Next::Close);
+    }
+    (&*conn).write_all(&buf[..n])?;
+    Ok(Next::Idle)
+}
+
 fn main() -> io::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let args = Args::parse();
@@ -53,7 +70,16 @@ fn main() -> io::Result<()> {
     let server = builder.build()?;
     log::info!("echo listening on {:?}", server.local_addrs());
     let buffer = args.buffer;
-    let summary = server.serve(move |conn| echo(conn, buffer))?;
+    let summary = if args.request_mode {
+        server.serve_requests(
+            |conn| {
+                let _ = conn.set_nodelay(true);
+            },
+            echo_request,
+        )?
+    } else {
+        server.serve(move |conn| echo(conn, buffer))?
+    };
     log::info!("stopped: {:?}", summary);
     Ok(())
 }

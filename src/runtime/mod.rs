@@ -499,9 +499,10 @@ impl Handle {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        crate::fiber::Builder::new()
-            .spawn_inner(&self.shared, Some(worker), f)
-            .expect("spawning a fiber with default settings cannot fail")
+        match crate::fiber::Builder::new().spawn_inner(&self.shared, Some(worker), f) {
+            Ok(h) => h,
+            Err(e) => panic!("weave: spawn_on_worker: {e}"),
+        }
     }
 
     /// The handle of the runtime the caller runs on, if it runs on a fiber

@@ -191,6 +191,15 @@ impl Conn {
         self.state.is_stopping()
     }
 
+    /// What the reactor knows about pending input without a system call
+    /// (see `TcpStream::read_ready_hint`); `None` when nothing is known.
+    pub(crate) fn read_hint(&self) -> Option<bool> {
+        match &self.stream {
+            Stream::Tcp(s) => s.read_ready_hint(),
+            Stream::Unix(_) => None,
+        }
+    }
+
     fn note_read(&self, r: &io::Result<usize>) {
         if let Ok(n) = r {
             if *n > 0 {

@@ -73,9 +73,11 @@
 //!    one more second has passed; those still running are reported).
 
 mod conn;
+pub mod request;
 mod signals;
 
 pub use conn::{Conn, PeerAddr};
+pub use request::{Next, Request};
 
 use std::fmt;
 use std::io;
@@ -602,6 +604,66 @@ impl Server {
     where
         H: Fn(Conn) -> io::Result<()> + Send + Sync + 'static,
     {
+        let handler = Arc::new(handler);
+        let admit: Admit = Arc::new(move |c, st| spawn_connection(c, st, &handler));
+        self.run(admit, None)
+    }
+
+    /// Serves connections in *request mode* until a stop, then shuts down
+    /// gracefully and returns: a connection between two requests holds no
+    /// fiber and no buffer, only its socket and `new_state(&conn)`'s value.
+    /// The server waits for it to become readable, then runs `handler` on a
+    /// fiber (a pooled stack) with a pooled read buffer; the handler serves
+    /// the request (blocking-style reads, writes and waits are fine) and
+    /// returns [`Next::Idle`] at a request boundary, or [`Next::Close`].
+    /// See [`request`] for the contract and the costs.
+    ///
+    /// # Errors
+    ///
+    /// Fails if signal handling or the readiness queues cannot be set up.
+    ///
+    /// # Examples
+    ///
+    /// An echo server whose idle connections cost well under a kilobyte:
+    ///
+    /// ```no_run
+    /// use std::io::{self, Read, Write};
+    /// use weave::server::{Next, Request, Server};
+    ///
+    /// fn echo(req: &mut Request<'_, ()>) -> io::Result<Next> {
+    ///     let conn = req.conn();
+    ///     let buf = req.buffer();
+    ///     buf.resize(16 * 1024, 0);
+    ///     let n = (&*conn).read(buf)?;
+    ///     if n == 0 {
+    ///         return Ok(Next::Close);
+    ///     }
+    ///     (&*conn).write_all(&buf[..n])?;
+    ///     Ok(Next::Idle)
+    /// }
+    ///
+    /// let server = Server::builder().bind("127.0.0.1:7000").build()?;
+    /// server.serve_requests(|_conn| (), echo)?;
+    /// # Ok::<(), io::Error>(())
+    /// ```
+    pub fn serve_requests<S, N, H>(self, new_state: N, handler: H) -> io::Result<Summary>
+    where
+        S: Send + 'static,
+        N: Fn(&Conn) -> S + Send + Sync + 'static,
+        H: Fn(&mut Request<'_, S>) -> io::Result<Next> + Send + Sync + 'static,
+    {
+        let workers = self.runtime.workers();
+        let mode = request::Mode::new(workers, self.state.clone(), new_state, handler)?;
+        let admit_mode = mode.clone();
+        let admit: Admit = Arc::new(move |c, _| admit_mode.admit(c));
+        let start = Box::new(move |rt: &crate::Handle| mode.start(rt));
+        self.run(admit, Some(start))
+    }
+
+    /// The accept loops, the signal fiber and the graceful shutdown around
+    /// `admit`. `start`, run on the runtime before accepting, returns what
+    /// stops its fibers after the shutdown.
+    fn run(self, admit: Admit, start: Option<Start>) -> io::Result<Summary> {
         let Server {
             runtime,
             listeners,
@@ -613,10 +675,10 @@ impl Server {
         } else {
             None
         };
-        let handler = Arc::new(handler);
         let rt_handle = runtime.handle();
         let summary = runtime.block_on(move || {
             *state.controller.lock().unwrap_or_else(|e| e.into_inner()) = Some(crate::current());
+            let finish = start.map(|s| s(&rt_handle));
             let wakers: Vec<Wake> = listeners.iter().map(Listener::waker).collect();
             let mut acceptors = Vec::new();
             for l in listeners {
@@ -625,8 +687,8 @@ impl Server {
                     Listener::Unix(..) => None,
                 };
                 let st = state.clone();
-                let h = handler.clone();
-                let acceptor = move || accept_loop(l, st, h);
+                let admit = admit.clone();
+                let acceptor = move || accept_loop(l, st, move |c, st: &Arc<State>| admit(c, st));
                 acceptors.push(match pinned {
                     Some(w) => rt_handle.spawn_on_worker(w, acceptor),
                     None => crate::spawn(acceptor),
@@ -646,7 +708,11 @@ impl Server {
             while !state.is_stopping() {
                 crate::park();
             }
-            shutdown(&state, &wakers, acceptors, signal_fiber)
+            let summary = shutdown(&state, &wakers, acceptors, signal_fiber);
+            if let Some(finish) = finish {
+                finish();
+            }
+            summary
         });
         if handle_signals {
             signals::uninstall();
@@ -654,6 +720,11 @@ impl Server {
         Ok(summary)
     }
 }
+
+/// What the acceptor does with a new connection.
+type Admit = Arc<dyn Fn(Conn, &Arc<State>) -> io::Result<()> + Send + Sync>;
+/// Starts a serving mode's own fibers; returns what stops them.
+type Start = Box<dyn FnOnce(&crate::Handle) -> Box<dyn FnOnce() + Send> + Send>;
 
 fn shutdown(
     state: &Arc<State>,
@@ -717,9 +788,11 @@ fn is_resource_exhaustion(e: &io::Error) -> bool {
     )
 }
 
-fn accept_loop<H>(listener: Listener, state: Arc<State>, handler: Arc<H>)
+/// Accepts connections until the server stops, handing each to `admit`
+/// (which spawns its fiber, or parks it idle in request mode).
+fn accept_loop<A>(listener: Listener, state: Arc<State>, admit: A)
 where
-    H: Fn(Conn) -> io::Result<()> + Send + Sync + 'static,
+    A: Fn(Conn, &Arc<State>) -> io::Result<()>,
 {
     let mut backoff = Duration::ZERO;
     loop {
@@ -753,7 +826,7 @@ where
                 }
                 state.accepted.fetch_add(1, Ordering::Relaxed);
                 state.active.fetch_add(1, Ordering::AcqRel);
-                if let Err(e) = spawn_connection(conn, &state, &handler) {
+                if let Err(e) = admit(conn, &state) {
                     state.spawn_failed.fetch_add(1, Ordering::Relaxed);
                     if backoff.is_zero() {
                         log::warn!(
@@ -822,41 +895,53 @@ where
     let name = format!("conn {peer}");
     let spawned = crate::fiber::Builder::new().name(name).spawn(move || {
         let _guard = guard;
-        match panic::catch_unwind(AssertUnwindSafe(|| handler(conn))) {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                state.errors.fetch_add(1, Ordering::Relaxed);
-                let quiet = matches!(
-                    e.kind(),
-                    io::ErrorKind::ConnectionReset
-                        | io::ErrorKind::BrokenPipe
-                        | io::ErrorKind::UnexpectedEof
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::NotConnected
-                );
-                if quiet {
-                    log::debug!("connection {peer} (fiber 'conn {peer}'): {e}");
-                } else {
-                    log::warn!("connection {peer} (fiber 'conn {peer}'): handler error: {e}");
-                }
-            }
-            // Cut by a cancellation (the fiber was cancelled, or the runtime
-            // shuts down): not a handler failure. Let it finish unwinding
-            // the fiber.
-            Err(payload) if crate::fiber::is_cancellation(&*payload) => {
-                log::debug!("connection {peer} (fiber 'conn {peer}'): cancelled");
-                panic::resume_unwind(payload);
-            }
-            Err(payload) => {
-                state.panics.fetch_add(1, Ordering::Relaxed);
-                let msg = payload
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| payload.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "non-string panic payload".to_string());
-                log::error!("connection {peer} (fiber 'conn {peer}'): handler panicked: {msg}");
-            }
-        }
+        let result = panic::catch_unwind(AssertUnwindSafe(|| handler(conn)));
+        let _ = account(&state, &peer, result);
     });
     spawned.map(drop)
+}
+
+/// Counts and logs how a handler call ended; re-raises a cancellation.
+/// Returns the handler's value when it returned one.
+pub(crate) fn account<T>(
+    state: &State,
+    peer: &conn::PeerAddr,
+    result: std::thread::Result<io::Result<T>>,
+) -> Option<T> {
+    match result {
+        Ok(Ok(v)) => return Some(v),
+        Ok(Err(e)) => {
+            state.errors.fetch_add(1, Ordering::Relaxed);
+            let quiet = matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::UnexpectedEof
+                    | io::ErrorKind::TimedOut
+                    | io::ErrorKind::NotConnected
+            );
+            if quiet {
+                log::debug!("connection {peer} (fiber 'conn {peer}'): {e}");
+            } else {
+                log::warn!("connection {peer} (fiber 'conn {peer}'): handler error: {e}");
+            }
+        }
+        // Cut by a cancellation (the fiber was cancelled, or the runtime
+        // shuts down): not a handler failure. Let it finish unwinding
+        // the fiber.
+        Err(payload) if crate::fiber::is_cancellation(&*payload) => {
+            log::debug!("connection {peer} (fiber 'conn {peer}'): cancelled");
+            panic::resume_unwind(payload);
+        }
+        Err(payload) => {
+            state.panics.fetch_add(1, Ordering::Relaxed);
+            let msg = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "non-string panic payload".to_string());
+            log::error!("connection {peer} (fiber 'conn {peer}'): handler panicked: {msg}");
+        }
+    }
+    None
 }

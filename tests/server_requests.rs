@@ -1,0 +1,237 @@
+//! Request mode: idle connections hold no fiber; each request runs on a
+//! fiber from the pool with a pooled buffer, and per-connection state
+//! survives between requests.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use weave::server::{Next, Request, Server, Summary};
+
+const IO_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Per connection: how many lines it has answered.
+#[derive(Default)]
+struct Count(u64);
+
+/// Line protocol: `quit` closes, `panic` panics, `wait` parks on a timer
+/// inside the request, anything else is answered `<n> <line>` with `n` the
+/// connection's line count. Handles every complete line in the buffer, and
+/// reads more while a line is incomplete.
+fn handler(req: &mut Request<'_, Count>, live: &AtomicUsize) -> io::Result<Next> {
+    live.fetch_add(1, Ordering::SeqCst);
+    let _live = Dec(live);
+    let (conn, count, buf) = req.parts();
+    assert!(buf.is_empty(), "a request starts with an empty buffer");
+    let mut out = Vec::new();
+    loop {
+        let start = buf.len();
+        buf.resize(start + 4096, 0);
+        let n = (&*conn).read(&mut buf[start..])?;
+        buf.truncate(start + n);
+        if n == 0 {
+            return Ok(Next::Close);
+        }
+        while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=nl).collect();
+            let line = String::from_utf8_lossy(&line[..nl]).to_string();
+            match line.as_str() {
+                "quit" => return Ok(Next::Close),
+                "panic" => panic!("asked to panic"),
+                "wait" => weave::sleep(Duration::from_millis(5)),
+                _ => {}
+            }
+            count.0 += 1;
+            out.extend_from_slice(format!("{} {line}\n", count.0).as_bytes());
+        }
+        if buf.is_empty() {
+            (&*conn).write_all(&out)?;
+            return Ok(Next::Idle);
+        }
+    }
+}
+
+struct Dec<'a>(&'a AtomicUsize);
+
+impl Drop for Dec<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn start(idle: Option<Duration>) -> (SocketAddr, Arc<AtomicUsize>, impl FnOnce() -> Summary) {
+    let mut b = Server::builder()
+        .bind("127.0.0.1:0")
+        .workers(2)
+        .handle_signals(false);
+    if let Some(d) = idle {
+        b = b.idle_timeout(d);
+    }
+    let server = b.build().unwrap();
+    let addr = server.local_addrs()[0];
+    let handle = server.handle();
+    let live = Arc::new(AtomicUsize::new(0));
+    let l2 = live.clone();
+    let t = thread::spawn(move || {
+        server
+            .serve_requests(|_| Count::default(), move |r| handler(r, &l2))
+            .unwrap()
+    });
+    let stop = move || {
+        handle.stop();
+        t.join().expect("server thread")
+    };
+    (addr, live, stop)
+}
+
+fn connect(addr: SocketAddr) -> BufReader<TcpStream> {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    BufReader::new(s)
+}
+
+fn ask(c: &mut BufReader<TcpStream>, line: &str) -> String {
+    c.get_mut()
+        .write_all(format!("{line}\n").as_bytes())
+        .unwrap();
+    let mut l = String::new();
+    c.read_line(&mut l).unwrap();
+    l
+}
+
+#[test]
+fn smoke_state_survives_between_requests() {
+    let (addr, _live, stop) = start(None);
+    let mut c = connect(addr);
+    for i in 1..=20 {
+        assert_eq!(
+            ask(&mut c, &format!("hello {i}")),
+            format!("{i} hello {i}\n")
+        );
+    }
+    // A request that parks inside (a timer) still answers.
+    assert_eq!(ask(&mut c, "wait"), "21 wait\n");
+    assert_eq!(ask(&mut c, "quit"), "");
+    let s = stop();
+    assert_eq!(s.counters.accepted, 1);
+    assert_eq!(s.counters.closed, 1);
+}
+
+/// Many connections, many rounds, from several threads: every answer is
+/// right (no request lost or run twice), and between rounds no request is
+/// running: idle connections hold no fiber.
+#[test]
+fn stress_many_connections_many_rounds() {
+    let (addr, live, stop) = start(None);
+    let conns: Vec<_> = (0..200).map(|_| connect(addr)).collect();
+    let per = conns.len() / 4;
+    let mut groups: Vec<Vec<_>> = Vec::new();
+    let mut it = conns.into_iter();
+    for _ in 0..4 {
+        groups.push(it.by_ref().take(per).collect());
+    }
+    for round in 1..=25u64 {
+        let threads: Vec<_> = groups
+            .drain(..)
+            .map(|mut g| {
+                thread::spawn(move || {
+                    for (i, c) in g.iter_mut().enumerate() {
+                        // Two lines in one write: answered together.
+                        c.get_mut()
+                            .write_all(format!("a{i}\nb{i}\n").as_bytes())
+                            .unwrap();
+                        let mut l = String::new();
+                        c.read_line(&mut l).unwrap();
+                        assert_eq!(l, format!("{} a{i}\n", 2 * round - 1));
+                        l.clear();
+                        c.read_line(&mut l).unwrap();
+                        assert_eq!(l, format!("{} b{i}\n", 2 * round));
+                    }
+                    g
+                })
+            })
+            .collect();
+        groups = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    }
+    // Every answer arrived, so every handler has returned (or is about to):
+    // wait for the count of running requests to reach zero.
+    let mut spins = 0;
+    while live.load(Ordering::SeqCst) != 0 {
+        spins += 1;
+        assert!(
+            spins < 30_000,
+            "requests still running with all clients idle"
+        );
+        thread::sleep(Duration::from_millis(1));
+    }
+    drop(groups);
+    let s = stop();
+    assert_eq!(s.counters.accepted, 200);
+    assert_eq!(s.counters.errors + s.counters.panics, 0);
+}
+
+#[test]
+fn a_panic_closes_only_its_connection() {
+    let (addr, _live, stop) = start(None);
+    let mut a = connect(addr);
+    let mut b = connect(addr);
+    assert_eq!(ask(&mut a, "x"), "1 x\n");
+    a.get_mut().write_all(b"panic\n").unwrap();
+    let mut rest = Vec::new();
+    let _ = a.read_to_end(&mut rest);
+    assert!(rest.is_empty());
+    assert_eq!(ask(&mut b, "y"), "1 y\n");
+    let s = stop();
+    assert_eq!(s.counters.panics, 1);
+}
+
+#[test]
+fn idle_connections_close_after_the_idle_timeout_and_busy_ones_stay() {
+    let (addr, _live, stop) = start(Some(Duration::from_millis(300)));
+    let mut idle = connect(addr);
+    let mut busy = connect(addr);
+    assert_eq!(ask(&mut idle, "x"), "1 x\n");
+    assert_eq!(ask(&mut busy, "y"), "1 y\n");
+    // The busy one talks every 50 ms (never idle for the timeout) until the
+    // idle one has been closed, and a while after.
+    let t = thread::spawn(move || {
+        let mut rest = Vec::new();
+        idle.read_to_end(&mut rest).unwrap()
+    });
+    let mut i = 1;
+    while !t.is_finished() || i < 20 {
+        thread::sleep(Duration::from_millis(50));
+        i += 1;
+        assert_eq!(
+            ask(&mut busy, "y"),
+            format!("{i} y\n"),
+            "busy connection closed"
+        );
+        assert!(i < 2_000, "the idle connection was never closed");
+    }
+    assert_eq!(
+        t.join().unwrap(),
+        0,
+        "idle connection got data instead of a close"
+    );
+    let _ = stop();
+}
+
+#[test]
+fn graceful_shutdown_closes_idle_connections() {
+    let (addr, _live, stop) = start(None);
+    let mut cs: Vec<_> = (0..50).map(|_| connect(addr)).collect();
+    for c in &mut cs {
+        assert_eq!(ask(c, "x"), "1 x\n");
+    }
+    let s = stop();
+    assert_eq!(s.still_open, 0);
+    assert_eq!(s.cut_at_grace, 0);
+    for c in &mut cs {
+        let mut rest = Vec::new();
+        assert_eq!(c.read_to_end(&mut rest).unwrap_or(0), 0);
+    }
+}
