@@ -27,6 +27,14 @@
 //! }
 //! ```
 //!
+//! # Cheap idle connections: request mode
+//!
+//! A connection fiber parked in `read` between requests holds a stack page
+//! and its buffers. [`Server::serve_requests`] is the one-step change for
+//! servers with many idle clients: the handler takes a [`Request`] and
+//! returns [`Next::Idle`] at each request boundary; between requests the
+//! connection holds no fiber and no buffer. See [`request`].
+//!
 //! # Around the handler
 //!
 //! - **Accept.** By default each worker has its own listener on the shared
