@@ -57,29 +57,79 @@ enum After {
 ///
 /// I/O errors of the connection (a reset, a timeout).
 pub fn serve_conn<S: Read + Write>(mut conn: S) -> io::Result<()> {
+    let mut session = Session::default();
     let mut buf = vec![0u8; 4096];
-    let mut filled = 0; // bytes of `buf` holding unparsed input
+    let mut start = 0; // first unparsed byte of `buf`
+    let mut filled = 0; // end of the input in `buf`
     let mut out = Vec::with_capacity(4096);
-    // Bytes of a request body still to skip before the next request.
-    let mut skip = 0usize;
     loop {
-        // Answer every complete request already in the buffer.
+        // Answer every complete request already in the buffer, then send
+        // all the answers in one write.
+        let (used, step) = session.answer(&buf[start..filled], &mut out);
+        start += used;
+        if !out.is_empty() {
+            conn.write_all(&out)?;
+            out.clear();
+        }
+        match step {
+            Step::Flush => continue,
+            Step::Close => return Ok(()),
+            Step::NeedInput => {}
+        }
+        // Keep the unparsed tail at the front of the buffer, and read more.
+        buf.copy_within(start..filled, 0);
+        filled -= start;
+        start = 0;
+        if filled == buf.len() {
+            buf.resize(buf.len() * 2, 0);
+        }
+        let n = conn.read(&mut buf[filled..])?;
+        if n == 0 {
+            return Ok(());
+        }
+        filled += n;
+    }
+}
+
+/// What a connection loop does after [`Session::answer`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Read more input: what is left is not a whole request yet.
+    NeedInput,
+    /// Write the answers so far, then call `answer` again before reading.
+    Flush,
+    /// Write the answers so far, then close the connection.
+    Close,
+}
+
+/// The protocol state of one connection, independent of how its bytes are
+/// read and written (the benchmark's tokio peer runs the same code).
+#[derive(Debug, Default)]
+pub struct Session {
+    /// Bytes of a request body still to skip before the next request.
+    skip: usize,
+}
+
+impl Session {
+    /// Answers the complete requests at the front of `input`, appending the
+    /// responses to `out`. Returns how many bytes of `input` were used and
+    /// what to do next.
+    pub fn answer(&mut self, input: &[u8], out: &mut Vec<u8>) -> (usize, Step) {
         let mut start = 0;
-        let mut after = After::KeepAlive;
-        while after == After::KeepAlive {
-            if skip > 0 {
-                let n = skip.min(filled - start);
-                skip -= n;
+        loop {
+            if self.skip > 0 {
+                let n = self.skip.min(input.len() - start);
+                self.skip -= n;
                 start += n;
-                if skip > 0 {
-                    break;
+                if self.skip > 0 {
+                    return (start, Step::NeedInput);
                 }
             }
-            match parse(&buf[start..filled], &mut out) {
+            match parse(&input[start..], out) {
                 Parsed::Partial => {
-                    if filled - start >= MAX_HEAD {
+                    if input.len() - start >= MAX_HEAD {
                         respond(
-                            &mut out,
+                            out,
                             431,
                             "Request Header Fields Too Large",
                             "text/plain",
@@ -87,39 +137,22 @@ pub fn serve_conn<S: Read + Write>(mut conn: S) -> io::Result<()> {
                             After::Close,
                             false,
                         );
-                        after = After::Close;
+                        return (input.len(), Step::Close);
                     }
-                    break;
+                    return (start, Step::NeedInput);
                 }
                 Parsed::Done { used, body, then } => {
                     start += used;
-                    skip = body;
-                    after = then;
+                    self.skip = body;
+                    if then == After::Close {
+                        return (start, Step::Close);
+                    }
                 }
             }
             if out.len() >= FLUSH_AT {
-                conn.write_all(&out)?;
-                out.clear();
+                return (start, Step::Flush);
             }
         }
-        if !out.is_empty() {
-            conn.write_all(&out)?;
-            out.clear();
-        }
-        if after == After::Close {
-            return Ok(());
-        }
-        // Keep the unparsed tail at the front of the buffer.
-        buf.copy_within(start..filled, 0);
-        filled -= start;
-        if filled == buf.len() {
-            buf.resize((buf.len() * 2).min(MAX_HEAD + 4096), 0);
-        }
-        let n = conn.read(&mut buf[filled..])?;
-        if n == 0 {
-            return Ok(());
-        }
-        filled += n;
     }
 }
 
