@@ -3,42 +3,38 @@
 //! `17: hello`. Try it with a few `nc 127.0.0.1 7070`.
 //!
 //! ```text
-//! cargo run --release --example chat -- --addr 127.0.0.1:7070 --queue 1024
+//! cargo run --release --example chat -- --addr 127.0.0.1:7070 --backlog 1024
 //! ```
 //!
 //! # Layout
 //!
-//! - Each connection's handler (a fiber) reads lines and sends them to the
-//!   hub's inbox, a bounded `weave::sync::sync_channel`. A publisher faster
-//!   than the hub parks there: back-pressure on the publisher only.
-//! - The hub (one plain thread: weave's channels connect threads and fibers
-//!   in any direction) fans each line out to every client's outbound queue,
-//!   also a bounded `sync_channel`, with `try_send`. It never waits on a
-//!   client.
-//! - Each connection has a writer fiber that drains its queue and writes
-//!   whatever has gathered in one `write`.
+//! - Each connection's handler (a fiber) reads lines and sends them on one
+//!   `weave::sync::broadcast` channel that keeps the last `--backlog`
+//!   lines. Sending never waits, so no client can hold up a publisher.
+//! - Each connection has a writer fiber that subscribed before its reader
+//!   started. It waits with a `weave::Select` for the next line or for its
+//!   reader to leave, and writes whatever lines have gathered in one
+//!   `write`.
 //!
 //! # Slow consumers
 //!
 //! A client that stops reading must not stall the others, and must not make
-//! the server hold an unbounded backlog for it. Its kernel buffers fill, its
-//! writer blocks, its queue fills; the next `try_send` to it fails with
-//! `Full` and the hub **drops the client**: it forgets the queue and shuts
-//! the socket down, which ends the writer and the reader. Messages it had
-//! not received are lost to it; everyone else got them without waiting.
-//! What a stopped reader can cost is bounded: `--queue` messages, plus a
-//! kernel send buffer capped at [`SEND_BUFFER`] bytes (Linux would otherwise
-//! grow it to megabytes for a loopback peer), plus what its own receive
-//! buffer holds. A writer that waits longer than `--write-timeout` for a
-//! single write is dropped the same way, so a trickling reader cannot hold
-//! its queue forever either.
+//! the server hold an unbounded backlog for it. Its kernel buffers fill and
+//! its writer blocks in `write`; the broadcast ring moves on without it
+//! (the others are unaffected: nothing waits for the slowest receiver). When
+//! its writer can write again and finds that lines it never sent were
+//! overwritten (`RecvError::Lagged`), the client is **dropped**: it gets a
+//! last line, `* dropped: missed N lines`, and the connection is closed. A
+//! client that never reads again is dropped when one write has waited
+//! `--write-timeout`. What slow clients cost is bounded: the ring holds
+//! `--backlog` lines however many clients fall behind, and each one pins
+//! at most a kernel send buffer capped at [`SEND_BUFFER`] bytes (Linux
+//! would otherwise grow it to megabytes for a loopback peer).
 //!
-//! (Skipping instead of dropping, i.e. discarding the message for that client
-//! and keeping it, would leave it with a stream that silently has holes;
-//! for a chat a clean disconnect the client can notice is the better
-//! default.)
+//! (Skipping instead of dropping, i.e. carrying on after the gap, would
+//! leave the client a stream with holes it cannot see; for a chat a clean
+//! disconnect the client can notice is the better default.)
 
-use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::os::fd::AsRawFd;
@@ -48,7 +44,9 @@ use std::time::Duration;
 
 use clap::Parser;
 use weave::server::{Conn, Server};
-use weave::sync::{self, Receiver, SyncSender, TrySendError};
+use weave::sync::broadcast::{self, TryRecvError};
+use weave::sync::oneshot;
+use weave::Select;
 
 /// Chat hub on weave fibers: every line goes to every client.
 #[derive(Parser, Debug)]
@@ -60,12 +58,12 @@ pub struct Args {
     /// Worker threads (default: one per core).
     #[arg(long)]
     pub workers: Option<usize>,
-    /// Messages queued for one client before it counts as not reading and
-    /// is dropped.
-    #[arg(long, default_value_t = 1024)]
-    pub queue: usize,
+    /// Lines the hub keeps for clients that are behind; a client that falls
+    /// further behind is dropped.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    pub backlog: u64,
     /// Seconds one write to a client may wait before the client is dropped.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub write_timeout: u64,
 }
 
@@ -74,24 +72,12 @@ pub struct Args {
 pub const MAX_LINE: usize = 4096;
 /// Kernel send buffer of each connection, in bytes (see the header).
 pub const SEND_BUFFER: usize = 64 * 1024;
-/// Lines waiting for the hub before publishers park.
-const INBOX: usize = 4096;
+/// Most bytes a writer gathers into one write.
+const BATCH: usize = 64 * 1024;
 
-/// One message as it goes out: the whole line, prefix and newline included,
-/// shared by every queue it is in.
+/// One line as it goes out: prefix and newline included, shared by every
+/// receiver.
 type Line = Arc<[u8]>;
-
-enum Event {
-    Join {
-        id: u64,
-        queue: SyncSender<Line>,
-        conn: Arc<Conn>,
-    },
-    Leave {
-        id: u64,
-    },
-    Publish(Line),
-}
 
 /// Counters of a hub.
 #[derive(Debug, Default)]
@@ -106,13 +92,13 @@ pub struct Stats {
     pub published: AtomicU64,
 }
 
-/// The hub: a handle to its inbox, shared by every connection.
+/// The hub: the broadcast channel every connection publishes on, shared by
+/// every connection.
 #[derive(Clone)]
 pub struct Hub {
-    inbox: SyncSender<Event>,
+    lines: broadcast::Sender<Line>,
     stats: Arc<Stats>,
     next_id: Arc<AtomicU64>,
-    queue: usize,
     write_timeout: Duration,
 }
 
@@ -123,27 +109,17 @@ impl std::fmt::Debug for Hub {
 }
 
 impl Hub {
-    /// Starts a hub whose clients may fall `queue` messages behind, and whose
-    /// writes may wait `write_timeout`. It runs until every handle to it is
-    /// dropped.
-    ///
-    /// # Errors
-    ///
-    /// The hub's thread could not be started.
-    pub fn start(queue: usize, write_timeout: Duration) -> io::Result<Hub> {
-        let (inbox, events) = sync::sync_channel(INBOX);
-        let stats = Arc::new(Stats::default());
-        let st = stats.clone();
-        std::thread::Builder::new()
-            .name("chat-hub".into())
-            .spawn(move || run_hub(events, &st))?;
-        Ok(Hub {
-            inbox,
-            stats,
+    /// A hub that keeps the last `backlog` lines for clients that are
+    /// behind, and whose writes may wait `write_timeout`.
+    pub fn new(backlog: usize, write_timeout: Duration) -> Hub {
+        // Nobody listens until a client subscribes.
+        let (lines, _) = broadcast::channel(backlog.max(1));
+        Hub {
+            lines,
+            stats: Arc::new(Stats::default()),
             next_id: Arc::new(AtomicU64::new(1)),
-            queue: queue.max(1),
             write_timeout,
-        })
+        }
     }
 
     /// The hub's counters.
@@ -162,24 +138,24 @@ impl Hub {
         cap_send_buffer(&conn)?;
         let conn = Arc::new(conn);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (queue, outbound) = sync::sync_channel(self.queue);
+        // Subscribed before the first read, so a client sees its own lines.
+        let lines = self.lines.subscribe();
+        let (leave, left) = oneshot::channel::<()>();
         let writer = {
-            let conn = conn.clone();
-            weave::spawn(move || write_loop(&conn, &outbound))
+            let (conn, stats) = (conn.clone(), self.stats.clone());
+            weave::spawn(move || write_loop(id, &conn, lines, &left, &stats))
         };
-        let joined = self.event(Event::Join {
-            id,
-            queue,
-            conn: conn.clone(),
-        });
-        let result = joined.and_then(|()| self.read_loop(id, &conn));
-        // Leaving makes the hub drop our queue, which ends the writer once
-        // it has sent what is left (or fails to: it is shut down then).
-        let _ = self.event(Event::Leave { id });
+        self.stats.joined.fetch_add(1, Ordering::Relaxed);
+        let result = self.read_loop(id, &conn);
+        // Dropping the sender wakes the writer's select: time to go.
+        drop(leave);
         if result.is_err() {
             let _ = conn.shutdown(Shutdown::Both);
         }
-        let _ = writer.join();
+        let dropped = writer.join().unwrap_or(true);
+        if !dropped {
+            self.stats.left.fetch_add(1, Ordering::Relaxed);
+        }
         result
     }
 
@@ -191,7 +167,7 @@ impl Hub {
             let n = match (&*conn).read(&mut buf[filled..]) {
                 Ok(0) => return Ok(()),
                 Ok(n) => n,
-                // Shut down by the hub (dropped) while we were reading.
+                // Shut down by our writer (dropped) while we were reading.
                 Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(()),
                 Err(e) => return Err(e),
             };
@@ -202,7 +178,9 @@ impl Hub {
                 let mut out = Vec::with_capacity(prefix.len() + line.len());
                 out.extend_from_slice(prefix.as_bytes());
                 out.extend_from_slice(line);
-                self.event(Event::Publish(out.into()))?;
+                // Never waits; fails only if the hub itself is gone.
+                let _ = self.lines.send(out.into());
+                self.stats.published.fetch_add(1, Ordering::Relaxed);
                 start += nl + 1;
             }
             buf.copy_within(start..end, 0);
@@ -215,76 +193,72 @@ impl Hub {
             }
         }
     }
-
-    fn event(&self, e: Event) -> io::Result<()> {
-        self.inbox
-            .send(e)
-            .map_err(|_| io::Error::other("the chat hub has stopped"))
-    }
 }
 
-/// The hub's loop: the only owner of the client table.
-fn run_hub(events: Receiver<Event>, stats: &Stats) {
-    let mut clients: HashMap<u64, (SyncSender<Line>, Arc<Conn>)> = HashMap::new();
-    let mut slow = Vec::new();
-    for e in events {
-        match e {
-            Event::Join { id, queue, conn } => {
-                stats.joined.fetch_add(1, Ordering::Relaxed);
-                clients.insert(id, (queue, conn));
-            }
-            Event::Leave { id } => {
-                if clients.remove(&id).is_some() {
-                    stats.left.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            Event::Publish(line) => {
-                stats.published.fetch_add(1, Ordering::Relaxed);
-                for (&id, (queue, _)) in &clients {
-                    match queue.try_send(line.clone()) {
-                        Ok(()) => {}
-                        // Not reading: drop it (see the header).
-                        Err(TrySendError::Full(_)) => slow.push(id),
-                        // Its writer ended (write error or timeout): drop it
-                        // too; its reader's `Leave` will find it gone.
-                        Err(TrySendError::Disconnected(_)) => slow.push(id),
+/// A client's writer: sends every line published since it subscribed,
+/// gathering what has piled up into one write, until its reader leaves.
+/// Returns `true` if it dropped the client (see the header).
+fn write_loop(
+    id: u64,
+    conn: &Conn,
+    mut lines: broadcast::Receiver<Line>,
+    left: &oneshot::Receiver<()>,
+    stats: &Stats,
+) -> bool {
+    let mut batch = Vec::with_capacity(16 * 1024);
+    loop {
+        let leaving = {
+            let mut sel = Select::new();
+            sel.recv(&lines);
+            let leave = sel.recv(left);
+            sel.ready() == leave
+        };
+        if leaving {
+            return false;
+        }
+        loop {
+            match lines.try_recv() {
+                Ok(line) => {
+                    batch.extend_from_slice(&line);
+                    if batch.len() >= BATCH {
+                        break;
                     }
                 }
-                for id in slow.drain(..) {
-                    if let Some((_, conn)) = clients.remove(&id) {
-                        stats.dropped.fetch_add(1, Ordering::Relaxed);
-                        log::warn!(
-                            "chat: dropping client {id} ({}): not reading",
-                            conn.peer_addr()
-                        );
-                        let _ = conn.shutdown(Shutdown::Both);
-                    }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Lagged(missed)) => {
+                    return drop_client(id, conn, stats, &format!("missed {missed} lines"));
                 }
+                Err(TryRecvError::Disconnected) => return false,
             }
         }
-    }
-}
-
-/// A client's writer: sends its queue, gathering what has piled up into one
-/// write, until the hub drops the queue or a write fails.
-fn write_loop(conn: &Conn, outbound: &Receiver<Line>) -> io::Result<()> {
-    let mut batch = Vec::with_capacity(16 * 1024);
-    while let Ok(line) = outbound.recv() {
-        batch.extend_from_slice(&line);
-        while batch.len() < 64 * 1024 {
-            match outbound.try_recv() {
-                Ok(line) => batch.extend_from_slice(&line),
-                Err(_) => break,
-            }
+        if batch.is_empty() {
+            continue;
         }
         if let Err(e) = (&*conn).write_all(&batch) {
-            // Too slow (timed out) or gone: make sure the reader ends too.
+            // (A timed-out write says `TimedOut`; std's sockets would say
+            // `WouldBlock`.)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+            ) {
+                return drop_client(id, conn, stats, "not reading");
+            }
+            // Gone: make sure the reader ends too.
             let _ = conn.shutdown(Shutdown::Both);
-            return Err(e);
+            return false;
         }
         batch.clear();
     }
-    Ok(())
+}
+
+/// Drops a client that fell behind: a last line saying why (best effort),
+/// then the connection is shut down, which also ends its reader.
+fn drop_client(id: u64, conn: &Conn, stats: &Stats, why: &str) -> bool {
+    stats.dropped.fetch_add(1, Ordering::Relaxed);
+    log::warn!("chat: dropping client {id} ({}): {why}", conn.peer_addr());
+    let _ = (&*conn).write_all(format!("* dropped: {why}\n").as_bytes());
+    let _ = conn.shutdown(Shutdown::Both);
+    true
 }
 
 /// Caps the kernel send buffer at [`SEND_BUFFER`] bytes.
@@ -311,7 +285,10 @@ fn cap_send_buffer(conn: &Conn) -> io::Result<()> {
 fn main() -> io::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let args = Args::parse();
-    let hub = Hub::start(args.queue, Duration::from_secs(args.write_timeout.max(1)))?;
+    let hub = Hub::new(
+        args.backlog as usize,
+        Duration::from_secs(args.write_timeout),
+    );
     let mut builder = Server::builder().bind(args.addr.to_string());
     if let Some(n) = args.workers {
         builder = builder.workers(n);

@@ -1,5 +1,5 @@
 //! The chat example: 100 clients that read get every line of every other
-//! client, in order, while one client that never reads is dropped instead
+//! client, in order, while one client that does not read is dropped instead
 //! of stalling them.
 
 #[allow(dead_code)] // its `main` and flags are the program's, not the test's
@@ -16,11 +16,31 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 
-fn server(queue: usize) -> (example_util::Running, chat::Hub) {
-    let hub = chat::Hub::start(queue, Duration::from_secs(60)).unwrap();
+fn server(backlog: usize, write_timeout: Duration) -> (example_util::Running, chat::Hub) {
+    let hub = chat::Hub::new(backlog, write_timeout);
     let h = hub.clone();
     let srv = example_util::start(2, 0, move |conn| h.serve_conn(conn));
     (srv, hub)
+}
+
+/// A client that stops reading, with its receive buffer pinned small:
+/// otherwise Linux may grow it to megabytes for a loopback peer, and the
+/// test would have to send that much before the server notices anything.
+fn not_reading(addr: std::net::SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap();
+    let size: libc::c_int = 4096;
+    // SAFETY: setsockopt reads `size`, whose length we pass; the fd is open.
+    let r = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&s),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(r, 0);
+    s
 }
 
 /// Waits (bounded) until `f` holds.
@@ -60,14 +80,14 @@ fn parse(line: &str, texts: &[Vec<String>]) -> (usize, usize) {
 fn slow_consumer_is_dropped_and_never_stalls_the_others() {
     const CLIENTS: usize = 100;
     const ROUNDS: usize = 20;
-    // A small queue, so the client that never reads is found out after a
-    // few rounds; the clients that read are never more than a round or two
-    // behind (they publish in lockstep), far from it.
-    let (srv, hub) = server(256);
+    // The clients that read are never more than two rounds (200 lines)
+    // behind, since they publish in lockstep: well within the backlog. The
+    // client that does not read falls 2,000 lines behind.
+    let (srv, hub) = server(512, Duration::from_secs(60));
     let addr = srv.addr;
 
     // The client that never reads. It joins first, so it is sent everything.
-    let slow = TcpStream::connect(addr).unwrap();
+    let slow = not_reading(addr);
     wait_for("the slow client to join", || {
         hub.stats().joined.load(Ordering::Relaxed) == 1
     });
@@ -126,14 +146,14 @@ fn slow_consumer_is_dropped_and_never_stalls_the_others() {
     // Every reader got every line, each checked.
     assert_eq!(total, CLIENTS * CLIENTS * ROUNDS);
     let stats = hub.stats();
-    assert_eq!(stats.dropped.load(Ordering::Relaxed), 1, "{stats:?}");
     assert_eq!(
         stats.published.load(Ordering::Relaxed),
         (CLIENTS * ROUNDS) as u64
     );
+    assert_eq!(stats.dropped.load(Ordering::Relaxed), 0, "{stats:?}");
 
-    // The slow client was cut off: reading now, it finds a backlog far
-    // short of everything, then the end of the stream.
+    // The slow client reads at last: what its kernel buffers held, far short
+    // of everything, then the notice that it was dropped, then the end.
     slow.set_read_timeout(Some(Duration::from_secs(60)))
         .unwrap();
     let mut backlog = Vec::new();
@@ -151,14 +171,58 @@ fn slow_consumer_is_dropped_and_never_stalls_the_others() {
         "slow client got {} bytes",
         backlog.len()
     );
+    let text = String::from_utf8_lossy(&backlog);
+    let last = text.lines().last().unwrap_or_default();
+    assert!(last.starts_with("* dropped: missed "), "last line {last:?}");
+    assert_eq!(stats.dropped.load(Ordering::Relaxed), 1, "{stats:?}");
     drop(kept);
     let summary = srv.stop();
     assert_eq!(summary.still_open, 0, "{summary:?}");
 }
 
 #[test]
+fn client_that_never_reads_again_is_dropped_after_the_write_timeout() {
+    // A backlog no client can outrun here, so the write timeout is what
+    // drops the client that does not read.
+    let (srv, hub) = server(1 << 20, Duration::from_secs(1));
+    let slow = not_reading(srv.addr);
+    let mut talker = BufReader::new(TcpStream::connect(srv.addr).unwrap());
+    talker.get_mut().set_nodelay(true).unwrap();
+    wait_for("two joins", || {
+        hub.stats().joined.load(Ordering::Relaxed) == 2
+    });
+    // 1,000 lines of 1 KB, more than the slow client's buffers hold. The
+    // talker reads each of its lines back before sending the next.
+    let mut line = String::new();
+    for i in 0..1000 {
+        talker
+            .get_mut()
+            .write_all(format!("{}\n", text(0, i)).as_bytes())
+            .unwrap();
+        line.clear();
+        talker.read_line(&mut line).unwrap();
+        assert!(line.trim_end().ends_with(&text(0, i)), "{line}");
+    }
+    wait_for("the slow client to be dropped", || {
+        hub.stats().dropped.load(Ordering::Relaxed) == 1
+    });
+    // Its stream ends after what its buffers held.
+    slow.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut backlog = Vec::new();
+    let _ = (&slow).read_to_end(&mut backlog);
+    assert!(backlog.len() < 1000 * 1010 / 2, "{}", backlog.len());
+    // The talker is still served.
+    talker.get_mut().write_all(b"after\n").unwrap();
+    line.clear();
+    talker.read_line(&mut line).unwrap();
+    assert!(line.ends_with(": after\n"), "{line}");
+    assert_eq!(hub.stats().dropped.load(Ordering::Relaxed), 1);
+}
+
+#[test]
 fn lines_reach_everyone_including_the_sender() {
-    let (srv, hub) = server(64);
+    let (srv, hub) = server(64, Duration::from_secs(60));
     let mut a = BufReader::new(TcpStream::connect(srv.addr).unwrap());
     let mut b = BufReader::new(TcpStream::connect(srv.addr).unwrap());
     wait_for("two joins", || {
@@ -189,7 +253,7 @@ fn lines_reach_everyone_including_the_sender() {
 
 #[test]
 fn overlong_line_closes_only_that_client() {
-    let (srv, hub) = server(64);
+    let (srv, hub) = server(64, Duration::from_secs(60));
     let mut ok = BufReader::new(TcpStream::connect(srv.addr).unwrap());
     let mut bad = TcpStream::connect(srv.addr).unwrap();
     wait_for("two joins", || {
@@ -209,9 +273,8 @@ fn overlong_line_closes_only_that_client() {
 
 #[test]
 fn hub_with_threads_and_fibers_alike() {
-    // The hub is a plain thread and the handlers are fibers; a client can be
-    // a fiber too, over a weave socket.
-    let (srv, hub) = server(64);
+    // A client can be a fiber too, over a weave socket.
+    let (srv, hub) = server(64, Duration::from_secs(60));
     let addr = srv.addr;
     let rt = weave::Runtime::builder().workers(1).build().unwrap();
     let hub = Arc::new(hub);
@@ -235,9 +298,11 @@ fn hub_with_threads_and_fibers_alike() {
 
 #[test]
 fn flags() {
-    let a = chat::Args::try_parse_from(["chat", "--addr", "127.0.0.1:9", "--queue", "8"]).unwrap();
-    assert_eq!((a.addr.port(), a.queue, a.write_timeout), (9, 8, 30));
+    let a =
+        chat::Args::try_parse_from(["chat", "--addr", "127.0.0.1:9", "--backlog", "8"]).unwrap();
+    assert_eq!((a.addr.port(), a.backlog, a.write_timeout), (9, 8, 30));
+    assert!(chat::Args::try_parse_from(["chat", "--backlog", "0"]).is_err());
     let e = chat::Args::try_parse_from(["chat", "--help"]).unwrap_err();
     assert_eq!(e.kind(), clap::error::ErrorKind::DisplayHelp);
-    assert!(e.to_string().contains("--queue"));
+    assert!(e.to_string().contains("--backlog"));
 }
