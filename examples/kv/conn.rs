@@ -68,6 +68,13 @@ pub struct Ctx {
     pub idle_timeout: u64,
     /// Open connections and the listening address (`stats conns`).
     pub conns: ConnTable,
+    /// Meta commands served (memcached's `cmd_meta`).
+    pub cmd_meta: AtomicU64,
+    /// Values refused as larger than the item limit (`store_too_large`).
+    pub store_too_large: AtomicU64,
+    /// Values refused as larger than the whole memory limit
+    /// (`store_no_memory`).
+    pub store_no_memory: AtomicU64,
 }
 
 impl Ctx {
@@ -93,6 +100,9 @@ impl Ctx {
             auth_errors: AtomicU64::new(0),
             idle_timeout: 0,
             conns: ConnTable::default(),
+            cmd_meta: AtomicU64::new(0),
+            store_too_large: AtomicU64::new(0),
+            store_no_memory: AtomicU64::new(0),
         }
     }
 }
@@ -199,7 +209,7 @@ impl<'a, S: Read + Write> Conn<'a, S> {
                 Err(e) => return Err(e),
             }
         };
-        if let Some(s) = &self.stat {
+        if let Some(s) = self.stat.as_ref().filter(|_| n > 0) {
             s.read_at(self.ctx.store.now());
         }
         self.read_done(n);
@@ -358,11 +368,17 @@ impl<'a, S: Read + Write> Conn<'a, S> {
     }
 }
 
-/// The general statistics, in memcached's names and order, for `stats`
-/// (text) and STAT (binary).
+/// The general statistics, in memcached 1.6.18's names and order, for
+/// `stats` (text) and STAT (binary). Names of mechanisms kv does not have
+/// (libevent, response objects, read buffers, slab rebalancing, the LRU
+/// crawler and maintainer, log watchers) and counters kv does not keep
+/// (rejected connections, yields, listen pauses) read 0, so parsers that
+/// expect memcached's full list find it. With `--aof`, the log's health
+/// (`aof_*`) follows memcached's list.
 pub fn stats_list(ctx: &Ctx) -> Vec<(&'static str, String)> {
     let s = &ctx.store.stats;
     let g = |a: &AtomicU64| a.load(Ordering::Relaxed).to_string();
+    let zero = || "0".to_string();
     let (user, system) = cpu_times();
     let uptime = ctx.started.elapsed().as_secs();
     let mut v = vec![
@@ -370,16 +386,28 @@ pub fn stats_list(ctx: &Ctx) -> Vec<(&'static str, String)> {
         ("uptime", uptime.to_string()),
         ("time", ctx.store.now().to_string()),
         ("version", VERSION.to_string()),
+        ("libevent", "none".to_string()),
         ("pointer_size", (usize::BITS).to_string()),
         ("rusage_user", user),
         ("rusage_system", system),
         ("max_connections", ctx.max_conns.to_string()),
         ("curr_connections", g(&ctx.curr_conns)),
         ("total_connections", g(&ctx.total_conns)),
+        ("rejected_connections", zero()),
+        ("connection_structures", g(&ctx.curr_conns)),
+        ("response_obj_oom", zero()),
+        ("response_obj_count", zero()),
+        ("response_obj_bytes", zero()),
+        ("read_buf_count", zero()),
+        ("read_buf_bytes", zero()),
+        ("read_buf_bytes_free", zero()),
+        ("read_buf_oom", zero()),
+        ("reserved_fds", zero()),
         ("cmd_get", g(&s.cmd_get)),
         ("cmd_set", g(&s.cmd_set)),
         ("cmd_flush", g(&s.cmd_flush)),
         ("cmd_touch", g(&s.cmd_touch)),
+        ("cmd_meta", g(&ctx.cmd_meta)),
         ("get_hits", g(&s.get_hits)),
         ("get_misses", g(&s.get_misses)),
         ("get_expired", g(&s.get_expired)),
@@ -395,18 +423,57 @@ pub fn stats_list(ctx: &Ctx) -> Vec<(&'static str, String)> {
         ("cas_badval", g(&s.cas_badval)),
         ("touch_hits", g(&s.touch_hits)),
         ("touch_misses", g(&s.touch_misses)),
+        ("store_too_large", g(&ctx.store_too_large)),
+        ("store_no_memory", g(&ctx.store_no_memory)),
         ("auth_cmds", g(&ctx.auth_cmds)),
         ("auth_errors", g(&ctx.auth_errors)),
         ("bytes_read", g(&ctx.bytes_read)),
         ("bytes_written", g(&ctx.bytes_written)),
         ("limit_maxbytes", ctx.store.limit().to_string()),
+        ("accepting_conns", "1".to_string()),
+        ("listen_disabled_num", zero()),
+        ("time_in_listen_disabled_us", zero()),
         ("threads", ctx.threads.to_string()),
+        ("conn_yields", zero()),
+        ("hash_power_level", zero()),
+        ("hash_bytes", zero()),
+        ("hash_is_expanding", zero()),
+        ("slab_reassign_rescues", zero()),
+        ("slab_reassign_chunk_rescues", zero()),
+        ("slab_reassign_evictions_nomem", zero()),
+        ("slab_reassign_inline_reclaim", zero()),
+        ("slab_reassign_busy_items", zero()),
+        ("slab_reassign_busy_deletes", zero()),
+        ("slab_reassign_running", zero()),
+        ("slabs_moved", zero()),
+        ("lru_crawler_running", zero()),
+        ("lru_crawler_starts", zero()),
+        ("lru_maintainer_juggles", zero()),
+        ("malloc_fails", zero()),
+        ("log_worker_dropped", zero()),
+        ("log_worker_written", zero()),
+        ("log_watcher_skipped", zero()),
+        ("log_watcher_sent", zero()),
+        ("log_watchers", zero()),
+        ("unexpected_napi_ids", zero()),
+        ("round_robin_fallback", zero()),
+        ("bytes", g(&s.bytes)),
         ("curr_items", g(&s.curr_items)),
         ("total_items", g(&s.total_items)),
-        ("bytes", g(&s.bytes)),
+        ("slab_global_page_pool", zero()),
+        ("expired_unfetched", zero()),
+        ("evicted_unfetched", zero()),
+        ("evicted_active", zero()),
         ("evictions", g(&s.evictions)),
         ("reclaimed", g(&s.reclaimed)),
-        ("item_size_max", ctx.item_max.to_string()),
+        ("crawler_reclaimed", zero()),
+        ("crawler_items_checked", zero()),
+        ("lrutail_reflocked", zero()),
+        ("moves_to_cold", zero()),
+        ("moves_to_warm", zero()),
+        ("moves_within_lru", zero()),
+        ("direct_reclaims", zero()),
+        ("lru_bumps_dropped", zero()),
     ];
     if let Some(j) = ctx.store.journal() {
         let h = j.health();
@@ -455,6 +522,9 @@ pub fn reset_stats(ctx: &Ctx) {
         &ctx.total_conns,
         &ctx.bytes_read,
         &ctx.bytes_written,
+        &ctx.cmd_meta,
+        &ctx.store_too_large,
+        &ctx.store_no_memory,
     ] {
         c.store(0, Ordering::Relaxed);
     }

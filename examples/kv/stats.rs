@@ -59,7 +59,12 @@ const CHUNK_HEADER: usize = 48;
 /// The open connections, for `stats conns`.
 #[derive(Debug, Default)]
 pub struct ConnTable {
-    open: Mutex<BTreeMap<u64, Arc<ConnStat>>>,
+    /// By (socket number, registration number): a socket number is reused
+    /// as soon as its connection closes, possibly before the closed
+    /// connection's fiber has removed its entry.
+    open: Mutex<BTreeMap<(u64, u64), Arc<ConnStat>>>,
+    /// Registrations so far.
+    seq: AtomicU64,
     /// The listening address (`tcp:HOST:PORT`), once known.
     pub listen: Mutex<String>,
     /// Unix second of the last accepted connection.
@@ -93,7 +98,7 @@ impl ConnStat {
 #[derive(Debug)]
 pub struct Registered<'a> {
     table: &'a ConnTable,
-    id: u64,
+    id: (u64, u64),
     /// The entry the connection updates.
     pub stat: Arc<ConnStat>,
 }
@@ -114,6 +119,7 @@ impl ConnTable {
             waiting: AtomicBool::new(false),
         });
         self.last_accept.store(now, Ordering::Relaxed);
+        let id = (id, self.seq.fetch_add(1, Ordering::Relaxed));
         self.open.lock().unwrap().insert(id, stat.clone());
         Registered {
             table: self,
@@ -416,7 +422,7 @@ pub fn conns(ctx: &Ctx) -> List {
         .lock()
         .unwrap()
         .iter()
-        .map(|(&id, c)| (id, c.clone()))
+        .map(|(&(id, _), c)| (id, c.clone()))
         .collect();
     for (id, c) in open {
         let state = if c.waiting.load(Ordering::Relaxed) {
@@ -453,5 +459,20 @@ mod tests {
         // The item sizes memcached reported as mem_requested.
         assert_eq!(item_size(1, 1, 0), 61);
         assert_eq!(item_size(1, 2000, 5), 2064);
+    }
+
+    #[test]
+    fn a_reused_socket_number_keeps_its_new_entry() {
+        let t = ConnTable::default();
+        let old = t.register(7, "tcp:127.0.0.1:1".into(), 0);
+        // The socket closed and was reused before the old fiber ended.
+        let new = t.register(7, "tcp:127.0.0.1:2".into(), 0);
+        drop(old);
+        let open = t.open.lock().unwrap();
+        assert_eq!(open.len(), 1);
+        assert_eq!(open.values().next().unwrap().peer, "tcp:127.0.0.1:2");
+        drop(open);
+        drop(new);
+        assert!(t.open.lock().unwrap().is_empty());
     }
 }

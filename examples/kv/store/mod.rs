@@ -582,7 +582,7 @@ impl Store {
         } else {
             (&self.stats.decr_hits, &self.stats.decr_misses)
         };
-        let (n, flags, exp) = match found {
+        let (n, flags, exp, old_len) = match found {
             None => match initial {
                 None => {
                     bump(misses);
@@ -593,7 +593,7 @@ impl Store {
                 }
                 Some((init, exptime)) => {
                     bump(misses);
-                    (init, 0, self.abs_expiry(exptime))
+                    (init, 0, self.abs_expiry(exptime), 0)
                 }
             },
             Some(idx) => {
@@ -610,10 +610,16 @@ impl Store {
                 } else {
                     cur.saturating_sub(by)
                 };
-                (n, e.flags, e.exptime)
+                (n, e.flags, e.exptime, e.value.len())
             }
         };
-        let value: Value = Value::from(n.to_string().into_bytes());
+        // As memcached, which rewrites a shorter number in place: the
+        // digits are padded with spaces to the old length.
+        let mut digits = n.to_string().into_bytes();
+        if digits.len() < old_len {
+            digits.resize(old_len, b' ');
+        }
+        let value: Value = Value::from(digits);
         let c = self.next_cas();
         let ticket = self.journal_submit(|| Record::Set {
             key: key.into(),
@@ -639,12 +645,26 @@ impl Store {
 }
 
 /// Parses a stored value as an unsigned decimal below 2^64, as incr/decr
-/// need it: digits, optionally followed by spaces.
+/// need it, by memcached's rule (C's `strtoull`): leading white space, an
+/// optional sign, digits, then the end or white space and anything after
+/// it. A minus sign is refused unless the result, as memcached computes it,
+/// is not negative as a signed number (`-0`).
 pub fn parse_decimal(v: &[u8]) -> Option<u64> {
-    let end = v.iter().rposition(|&b| b != b' ').map_or(0, |p| p + 1);
-    let digits = &v[..end];
-    if digits.is_empty() || digits.len() > 20 || !digits.iter().all(u8::is_ascii_digit) {
+    let space = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | b'\x0b' | b'\x0c' | b'\r');
+    let start = v.iter().position(|b| !space(b))?;
+    let mut rest = &v[start..];
+    let neg = rest.first() == Some(&b'-');
+    if matches!(rest.first(), Some(b'-' | b'+')) {
+        rest = &rest[1..];
+    }
+    let ndigits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    if ndigits == 0 || !(ndigits == rest.len() || space(&rest[ndigits])) {
         return None;
     }
-    std::str::from_utf8(digits).ok()?.parse().ok()
+    let n: u64 = std::str::from_utf8(&rest[..ndigits]).ok()?.parse().ok()?;
+    let n = if neg { n.wrapping_neg() } else { n };
+    if neg && (n as i64) < 0 {
+        return None;
+    }
+    Some(n)
 }

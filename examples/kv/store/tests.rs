@@ -151,7 +151,8 @@ fn incr_decr_rules() {
         st.delta(b"t", false, 3, None, 0).unwrap(),
         DeltaStatus::Value(9, _)
     ));
-    assert_eq!(val(&st, "t").as_deref(), Some("9"));
+    // A shorter result keeps the old length, padded (as memcached).
+    assert_eq!(val(&st, "t").as_deref(), Some("9  "));
     // Binary protocol: create with initial value.
     assert!(matches!(
         st.delta(b"new", true, 5, Some((10, 0)), 0).unwrap(),
@@ -174,8 +175,16 @@ fn parse_decimal_cases() {
     assert_eq!(parse_decimal(b"18446744073709551616"), None);
     assert_eq!(parse_decimal(b""), None);
     assert_eq!(parse_decimal(b"-1"), None);
-    assert_eq!(parse_decimal(b"1 2"), None);
+    // memcached's strtoull rule: white space, a sign, digits, then white
+    // space and anything.
+    assert_eq!(parse_decimal(b"1 2"), Some(1));
     assert_eq!(parse_decimal(b"7   "), Some(7));
+    assert_eq!(parse_decimal(b" \t12"), Some(12));
+    assert_eq!(parse_decimal(b"+5"), Some(5));
+    assert_eq!(parse_decimal(b"-0"), Some(0));
+    assert_eq!(parse_decimal(b"12abc"), None);
+    assert_eq!(parse_decimal(b" "), None);
+    assert_eq!(parse_decimal(b"+"), None);
 }
 
 #[test]
