@@ -70,9 +70,23 @@
 //! from large shared mappings, so the number of live fibers is bounded by
 //! memory, not by the kernel's mapping count (a fiber parked at a shallow
 //! depth holds about 4.7 KiB; `docs/scale.md` has the figures). Overflow
-//! prints the fiber's name and stack size and aborts the process; it never
-//! corrupts memory. Raise it with [`fiber::Builder::stack_size`] or
-//! [`runtime::Builder::stack_size`].
+//! prints the fiber's name and stack size and aborts the process. Rust code
+//! touches a large frame page by page from the top (stack probes), so even a
+//! frame larger than the guard page faults in it rather than jumping over it
+//! into the next stack. Code in other languages called from a fiber (C
+//! through FFI) gets the same guarantee only if it was compiled with
+//! stack-clash protection (`-fstack-clash-protection`); give fibers that run
+//! C code with large frames a stack big enough for them. Raise it with
+//! [`fiber::Builder::stack_size`] or [`runtime::Builder::stack_size`].
+//!
+//! **A worker is never lost to user code.** A panic in a fiber, in a
+//! fiber-local destructor or in the drop of a fiber's result is caught and
+//! delivered to the fiber's [`JoinHandle`] (or logged when nobody joins);
+//! the worker keeps running its other fibers. Every fiber ends exactly once:
+//! its handle gets its value, its panic, or
+//! [`Cancelled`](fiber::Cancelled) when it was cancelled or its runtime shut
+//! down before it finished, also for fibers spawned after the runtime was
+//! dropped.
 //!
 //! **Cancellation unwinds.** [`JoinHandle::cancel`] and an expired
 //! [`time::timeout`] stop the fiber at its next blocking point by unwinding
@@ -86,7 +100,9 @@
 //! **Outside a runtime**, the blocking calls block the calling thread:
 //! [`park`] is `std::thread::park`, [`sleep`] is `std::thread::sleep`, socket
 //! operations wait in `poll(2)`. [`spawn`] called outside any runtime starts a
-//! default runtime (one worker per core, or `WEAVE_WORKERS`).
+//! default runtime (one worker per core, or `WEAVE_WORKERS`). A socket also
+//! outlives the runtime it was used on: after that runtime is dropped, it
+//! works in plain blocking mode wherever it is used.
 
 #![warn(clippy::undocumented_unsafe_blocks)]
 

@@ -31,6 +31,7 @@ fn child_entry() {
     };
     match scenario.as_str() {
         "overflow" => overflow(),
+        "overflow_big_frame" => overflow_big_frame(),
         "panic" => panic_named(),
         "idle" => idle(),
         "exhaustion" => exhaustion(),
@@ -53,6 +54,28 @@ fn overflow() {
             .name("deep-recursion")
             .stack_size(64 * 1024)
             .spawn(|| recurse(0, &mut [0; 1024]))
+            .unwrap()
+    });
+    let _ = h.join();
+    println!("child survived an overflow");
+}
+
+/// One frame far larger than the guard page (and the stack): Rust's stack
+/// probes touch it page by page from the top, so the first touch below the
+/// stack lands in the guard page instead of jumping over it.
+fn overflow_big_frame() {
+    #[inline(never)]
+    fn big_frame() -> u8 {
+        let mut local = [1u8; 1 << 20];
+        std::hint::black_box(&mut local);
+        local[12345]
+    }
+    let rt = weave::Runtime::builder().workers(1).build().unwrap();
+    let h = rt.block_on(|| {
+        weave::fiber::Builder::new()
+            .name("big-frame")
+            .stack_size(64 * 1024)
+            .spawn(big_frame)
             .unwrap()
     });
     let _ = h.join();
@@ -227,6 +250,24 @@ fn stack_overflow_aborts_with_a_clear_message() {
     assert!(
         stderr.contains("fiber 'deep-recursion'")
             && stderr.contains("overflowed its stack of 65536 bytes"),
+        "missing overflow message; stderr:\n{stderr}"
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("child survived"));
+}
+
+#[test]
+fn frame_larger_than_the_guard_page_still_hits_it() {
+    let out = run_child("overflow_big_frame");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGABRT),
+        "child should abort, got {:?}; stderr:\n{stderr}",
+        out.status
+    );
+    assert!(
+        stderr.contains("fiber 'big-frame'") && stderr.contains("overflowed its stack"),
         "missing overflow message; stderr:\n{stderr}"
     );
     assert!(!String::from_utf8_lossy(&out.stdout).contains("child survived"));

@@ -11,6 +11,7 @@ use std::any::Any;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
+use std::panic::{self, AssertUnwindSafe};
 
 use crate::runtime::context;
 
@@ -79,16 +80,54 @@ impl<T: 'static> LocalKey<T> {
     }
 }
 
+/// How many times [`clear_current`] empties the map again because
+/// destructors created new fiber-local values, before it gives up and leaks
+/// what is left (std's thread-locals behave alike).
+const CLEAR_ROUNDS: usize = 8;
+
 /// Drops the running fiber's locals, on the fiber, as its body ends.
-pub(crate) fn clear_current() {
+///
+/// Each value is dropped under its own catch, so one destructor that panics
+/// neither kills the worker nor keeps the other values from being dropped.
+/// Returns the first panic payload, if any destructor panicked.
+pub(crate) fn clear_current() -> std::thread::Result<()> {
     let fiber = context::with_worker(|w| w.map_or(std::ptr::null(), |w| w.current.get()));
     // SAFETY: non-null is the running fiber, alive while it runs.
-    if let Some(fiber) = unsafe { fiber.as_ref() } {
+    let Some(fiber) = (unsafe { fiber.as_ref() }) else {
+        return Ok(());
+    };
+    let mut first_panic = None;
+    for _ in 0..CLEAR_ROUNDS {
         // SAFETY: the map is only touched by the fiber's own code, which is
         // this code. It is moved out first so destructors that use other
         // fiber-locals see a valid (fresh) map.
         let old = unsafe { std::mem::take(&mut *fiber.locals.get()) };
-        drop(old);
+        if old.is_empty() {
+            break;
+        }
+        for (_, value) in old {
+            let dropped = panic::catch_unwind(AssertUnwindSafe(move || drop(value)));
+            if let Err(payload) = dropped {
+                match first_panic {
+                    None => first_panic = Some(payload),
+                    Some(_) => crate::fiber::drop_payload(payload),
+                }
+            }
+        }
+    }
+    // SAFETY: as above.
+    let left = unsafe { std::mem::take(&mut *fiber.locals.get()) };
+    if !left.is_empty() {
+        log::warn!(
+            "weave: fiber '{}': fiber-local destructors kept creating values; leaking {}",
+            fiber.display_name(),
+            left.len()
+        );
+        std::mem::forget(left);
+    }
+    match first_panic {
+        None => Ok(()),
+        Some(p) => Err(p),
     }
 }
 

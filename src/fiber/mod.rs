@@ -39,7 +39,7 @@ use raw::{FiberRef, RawFiber, Switch, Unparker};
 pub(crate) use scope::scope_on;
 pub use scope::{scope, Scope, ScopedJoinHandle};
 
-use crate::runtime::{context, schedule_new, Handle, Shared};
+use crate::runtime::{context, schedule_spawned, Handle, Shared};
 
 /// A fiber's unique identifier (unique for the life of the process).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -331,6 +331,11 @@ impl Builder {
             shared: shared.clone(),
         };
         let body = Box::new(move || {
+            // `f` is mentioned first so that it is captured, and so dropped,
+            // first: a body dropped unstarted drops the user's closure
+            // before its completer reports the fiber cancelled, so a joiner
+            // that sees `Cancelled` also sees the closure's captures gone.
+            let f = f;
             let mut completer = completer;
             // SAFETY: the body runs on its fiber, which is the running one.
             let cancelled_early = unsafe { &*running() }.state.cancel_requested();
@@ -348,23 +353,23 @@ impl Builder {
                 }
             }
             cancel::caught();
-            local::clear_current();
+            // Fiber-local destructors are user code too: a panic in one
+            // becomes the fiber's result (as a panic in the drop of a local
+            // of `f` would have), and never reaches the worker.
+            if let Err(payload) = local::clear_current() {
+                if result.is_ok() {
+                    result = Err(payload);
+                } else {
+                    drop_payload(payload);
+                }
+            }
             completer.complete(result);
         });
         let fiber = RawFiber::new(shared.clone(), self.name, stack_size, body, stack);
         shared
             .live_fibers
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        match worker {
-            None => schedule_new(fiber.clone()),
-            Some(i) => {
-                // A new fiber in a worker's inbox starts there: only its owner
-                // pops the inbox, and the first run pins it.
-                let remote = &shared.remotes[i % shared.remotes.len()];
-                remote.inbox.push(fiber.clone());
-                remote.notify();
-            }
-        }
+        schedule_spawned(fiber.clone(), worker);
         Ok(JoinHandle { fiber, packet })
     }
 }
@@ -425,6 +430,11 @@ struct Completer<T> {
 }
 
 impl<T> Completer<T> {
+    /// Delivers the fiber's one result. Runs at most once (the packet is
+    /// taken), and runs no user code where a panic could escape: when the
+    /// handle was already dropped, the result (a user value, or a panic
+    /// payload, either with a destructor of its own) is dropped here under a
+    /// catch.
     fn complete(&mut self, result: thread::Result<T>) {
         if let Some(packet) = self.packet.take() {
             // Counted finished before the joiner can see the result.
@@ -439,7 +449,21 @@ impl<T> Completer<T> {
             if let Some(w) = waiter {
                 w.unpark();
             }
+            // The last reference (the handle is gone) drops the result.
+            if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(move || drop(packet))) {
+                log::error!("weave: dropping a detached fiber's result panicked");
+                drop_payload(payload);
+            }
         }
+    }
+}
+
+/// Drops a panic payload whose own destructor may panic: the second panic
+/// is caught, and its payload leaked rather than risk a third.
+pub(crate) fn drop_payload(payload: Box<dyn std::any::Any + Send>) {
+    if let Err(again) = panic::catch_unwind(AssertUnwindSafe(move || drop(payload))) {
+        log::error!("weave: dropping a panic payload panicked; leaking it");
+        std::mem::forget(again);
     }
 }
 

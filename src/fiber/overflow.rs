@@ -2,8 +2,12 @@
 //!
 //! Every fiber stack has a guard page below it (a `MADV_GUARD_INSTALL`
 //! marker, or a `PROT_NONE` page on kernels before 6.13; see
-//! [`stack`](super::stack)); touching either kind faults with `SIGSEGV`. Rust's stack probes touch each page of a large frame in
-//! order, so an overflow always faults inside the guard page. Each worker
+//! [`stack`](super::stack)); touching either kind faults with `SIGSEGV`.
+//! Rust's stack probes touch each page of a large frame in order, so an
+//! overflow in Rust code always faults inside the guard page, even from a
+//! frame larger than it (`tests/rt_process.rs` checks one). C code called
+//! through FFI has that guarantee only when compiled with stack-clash
+//! protection. Each worker
 //! thread gets an alternate signal stack; the `SIGSEGV`/`SIGBUS` handler runs
 //! on it, compares the fault address with the guard page of the fiber running
 //! on this thread, and if it matches writes

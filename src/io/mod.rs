@@ -48,7 +48,15 @@
 //!
 //! On a plain thread there is no worker to park on: `do_io` waits with
 //! `poll(2)` on the socket instead, so the net types block the calling thread
-//! exactly like `std::net`.
+//! exactly like `std::net`. There the readiness word is not trusted (no
+//! poller may be left to set it): every try makes the system call.
+//!
+//! A socket outlives the runtime it is registered with. Once the worker it
+//! is registered with has left (its runtime was dropped), its poller reports
+//! nothing more, so the socket behaves as on a plain thread wherever it is
+//! used: try the call, wait in `poll(2)`. A fiber of another runtime that
+//! waits on a socket registered elsewhere parks with a 50 ms re-check, since
+//! that other poller could leave without waking it.
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -219,6 +227,19 @@ struct Registration {
     worker: usize,
 }
 
+impl Registration {
+    /// The worker left for good: no event will be reported any more.
+    fn poller_gone(&self) -> bool {
+        self.shared.remotes[self.worker]
+            .closed
+            .load(Ordering::Acquire)
+    }
+}
+
+/// How often a fiber waiting on a socket registered with another runtime
+/// checks that runtime's poller is still there.
+const FOREIGN_RECHECK: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// A non-blocking OS socket plus its (lazy) registration: the base of every
 /// net type.
 pub(crate) struct IoSource<S: mio::event::Source + AsRawFd> {
@@ -329,8 +350,10 @@ impl<S: mio::event::Source + AsRawFd> IoSource<S> {
             let reg = self.reg.get();
             let snapshot = reg.map_or(0, |r| r.io.readiness.load(Ordering::Acquire));
             // A registered socket whose bit is clear would only say
-            // `WouldBlock`: skip the system call and wait right away.
-            if reg.is_none() || snapshot & dir.bit() != 0 {
+            // `WouldBlock`: skip the system call and wait right away. Not
+            // when the caller waits in poll(2), though: no poller sets the
+            // bit for it, so it must try the call each time.
+            if reg.is_none() || snapshot & dir.bit() != 0 || self.waits_in_poll(reg) {
                 match op(&self.source) {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         if let Some(r) = reg {
@@ -345,6 +368,15 @@ impl<S: mio::event::Source + AsRawFd> IoSource<S> {
         }
     }
 
+    /// True when a wait for this socket blocks the calling thread in
+    /// poll(2) instead of parking a fiber: on a plain thread, or when the
+    /// worker the socket is registered with has left (its runtime was
+    /// dropped; its poller reports nothing any more, so the socket lives on
+    /// in plain blocking mode, as on a plain thread).
+    fn waits_in_poll(&self, reg: Option<&Registration>) -> bool {
+        reg.is_some_and(Registration::poller_gone) || !context::in_fiber()
+    }
+
     /// Waits once for readiness in `dir` (or a spurious wakeup).
     fn wait(&self, dir: Direction, deadline: Option<Instant>) -> io::Result<()> {
         if let Some(d) = deadline {
@@ -355,18 +387,34 @@ impl<S: mio::event::Source + AsRawFd> IoSource<S> {
                 ));
             }
         }
-        let Some(fiber) = context::current_fiber() else {
-            // A plain thread: block it in poll(2), bounded by the thread's
-            // scoped deadline (a `timeout` around this call).
-            let scope = crate::fiber::cancel::check_thread();
-            let until = match (deadline, scope) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            let timeout = until.map(|d| d.saturating_duration_since(Instant::now()));
-            crate::sys::poll_fd(self.raw_fd(), dir.poll_events(), timeout)?;
-            return Ok(());
+        let fiber = context::current_fiber();
+        let fiber = match fiber {
+            Some(f) if !self.waits_in_poll(self.reg.get()) => f,
+            _ => {
+                // A plain thread, or a socket whose runtime is gone: block
+                // the thread in poll(2), bounded by the caller's scoped
+                // deadline (a `timeout` around this call). On a fiber of
+                // another runtime, this blocks that fiber's worker for the
+                // wait.
+                let scope = match &fiber {
+                    None => crate::fiber::cancel::check_thread(),
+                    Some(f) => crate::fiber::cancel::check_fiber(f),
+                };
+                let until = match (deadline, scope) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                let timeout = until.map(|d| d.saturating_duration_since(Instant::now()));
+                crate::sys::poll_fd(self.raw_fd(), dir.poll_events(), timeout)?;
+                return Ok(());
+            }
         };
+        // Events for a socket registered with another runtime come from that
+        // runtime's poller, which may leave meanwhile without waking anyone:
+        // such a wait looks again now and then.
+        let foreign = self.reg.get().is_some_and(|r| {
+            context::with_worker(|w| w.is_some_and(|w| !Arc::ptr_eq(&r.shared, &w.shared)))
+        });
         let reg = self.registration()?;
         if reg.io.add_waiter(dir, &fiber) {
             /// Withdraws the fiber from the waiter list if the park unwinds
@@ -377,15 +425,24 @@ impl<S: mio::event::Source + AsRawFd> IoSource<S> {
                     self.0.remove_waiter(self.1, self.2);
                 }
             }
+            let until = match (foreign, deadline) {
+                (false, d) => d,
+                (true, d) => {
+                    let check = Instant::now() + FOREIGN_RECHECK;
+                    Some(d.map_or(check, |d| d.min(check)))
+                }
+            };
             let withdraw = Withdraw(&reg.io, dir, &fiber);
-            crate::fiber::park_until(deadline);
+            crate::fiber::park_until(until);
             std::mem::forget(withdraw);
-            if deadline.is_some_and(|d| Instant::now() >= d) && !reg.io.is_ready(dir) {
+            if until.is_some_and(|d| Instant::now() >= d) && !reg.io.is_ready(dir) {
                 reg.io.remove_waiter(dir, &fiber);
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "operation timed out",
-                ));
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "operation timed out",
+                    ));
+                }
             }
         }
         Ok(())

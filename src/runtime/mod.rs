@@ -108,6 +108,9 @@ pub(crate) struct Remote {
     pub(crate) stealer: Stealer<FiberRef>,
     /// Started fibers of this worker, woken by other threads.
     pub(crate) inbox: Injector<FiberRef>,
+    /// New fibers spawned to run on this worker (and stay). Only fibers that
+    /// have not started sit here, so after shutdown any thread may drain it.
+    pub(crate) pinned: Injector<FiberRef>,
     pub(crate) waker: mio::Waker,
     pub(crate) registry: mio::Registry,
     /// Set by the worker just before it sleeps in `poll`.
@@ -117,6 +120,9 @@ pub(crate) struct Remote {
     pub(crate) released: Mutex<Vec<Arc<ScheduledIo>>>,
     /// Set after pushing to `released`, so the worker locks only when needed.
     pub(crate) any_released: AtomicBool,
+    /// Set when the worker has left for good: its poller reports nothing
+    /// more, and sockets registered with it fall back to `poll(2)`.
+    pub(crate) closed: AtomicBool,
 }
 
 impl Remote {
@@ -180,6 +186,43 @@ pub(crate) fn schedule_new(fiber: FiberRef) {
         shared.injector.push(fiber);
     }
     shared.notify_one();
+}
+
+/// Queues a fiber just spawned: anywhere (`worker` is `None`), or on worker
+/// `worker` (modulo the worker count), where it stays.
+///
+/// A runtime that shut down runs nothing more, so the fiber is cancelled at
+/// once and its handle reports [`Cancelled`](crate::fiber::Cancelled). That
+/// holds when the shutdown races with the push too: the shutdown stores its
+/// flag and then drains the queues of new fibers (after its workers left);
+/// the spawner pushes and then reads the flag, with a `SeqCst` fence between
+/// on both sides, so at least one of them sees the other and drains.
+pub(crate) fn schedule_spawned(fiber: FiberRef, worker: Option<usize>) {
+    let shared = fiber.shared.clone();
+    if shared.shutdown.load(Ordering::SeqCst) {
+        worker::drop_unstarted(fiber);
+        return;
+    }
+    let queue = match worker {
+        None => {
+            schedule_new(fiber);
+            &shared.injector
+        }
+        Some(i) => {
+            // Only the owner pops its pinned queue, and the first run pins
+            // the fiber there.
+            let remote = &shared.remotes[i % shared.remotes.len()];
+            remote.pinned.push(fiber);
+            remote.notify();
+            &remote.pinned
+        }
+    };
+    std::sync::atomic::fence(Ordering::SeqCst);
+    if shared.shutdown.load(Ordering::SeqCst) {
+        // A fiber queued locally by a worker of this runtime is drained by
+        // that worker's own shutdown.
+        worker::cancel_queued(queue);
+    }
 }
 
 /// Queues a started fiber on its owner worker (migration rule: never
@@ -293,11 +336,13 @@ impl Builder {
             remotes.push(Remote {
                 stealer: local.stealer(),
                 inbox: Injector::new(),
+                pinned: Injector::new(),
                 waker,
                 registry,
                 sleeping: AtomicBool::new(false),
                 released: Mutex::new(Vec::new()),
                 any_released: AtomicBool::new(false),
+                closed: AtomicBool::new(false),
             });
             polls.push(poll);
             locals.push(local);
@@ -348,8 +393,11 @@ fn default_workers() -> usize {
 /// A set of worker threads running fibers. Dropping it stops the workers:
 /// fibers that have not finished are cancelled (they unwind from their park
 /// points, on their own worker, which keeps running them until they are
-/// done; see [`fiber::cancel`](crate::fiber::cancel)), and their
-/// [`JoinHandle`]s report them as [`Cancelled`](crate::fiber::Cancelled).
+/// done; see [`fiber::cancel`](crate::fiber::cancel)), fibers that never
+/// started are dropped unstarted, and their [`JoinHandle`]s report them as
+/// [`Cancelled`](crate::fiber::Cancelled). A fiber spawned through a
+/// [`Handle`] after the drop is cancelled at once. Sockets used on the
+/// runtime keep working after it, in blocking mode.
 ///
 /// # Examples
 ///
@@ -458,9 +506,11 @@ impl Drop for Runtime {
             }
             let _ = t.join();
         }
-        // Fibers spawned from outside after the workers left.
-        while let Some(f) = worker::steal_one(&shared.injector) {
-            worker::drop_unstarted(f);
+        // Fibers spawned after the workers left (see `schedule_spawned`).
+        std::sync::atomic::fence(Ordering::SeqCst);
+        worker::cancel_queued(&shared.injector);
+        for r in shared.remotes.iter() {
+            worker::cancel_queued(&r.pinned);
         }
     }
 }
@@ -480,7 +530,9 @@ impl fmt::Debug for Handle {
 }
 
 impl Handle {
-    /// Spawns a fiber on the runtime.
+    /// Spawns a fiber on the runtime. After the runtime was dropped, the
+    /// fiber never runs: its handle reports
+    /// [`Cancelled`](crate::fiber::Cancelled) at once.
     pub fn spawn<F, T>(&self, f: F) -> JoinHandle<T>
     where
         F: FnOnce() -> T + Send + 'static,

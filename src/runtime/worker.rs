@@ -3,6 +3,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,8 +13,8 @@ use crossbeam_deque::{Injector, Steal, Stealer};
 use mio::{Events, Poll, Token};
 
 use super::{context, Remote, Shared};
-use crate::fiber::overflow;
 use crate::fiber::raw::{Body, FiberCoroutine, FiberRef, RawFiber, Switch};
+use crate::fiber::{drop_payload, overflow};
 use crate::io::ScheduledIo;
 use crate::time::{TimerKey, Timers};
 
@@ -80,13 +81,42 @@ pub(crate) fn run(
     };
     let _altstack = overflow::AltStack::ensure();
     let _enter = context::enter(&worker);
-    worker.main_loop();
-    worker.shutdown();
+    // The worker boundary. User code runs under catches closer to it (the
+    // fiber's body, fiber-local destructors, result and closure drops), so
+    // a panic reaching this point is a bug in the runtime itself; the worker
+    // still reports it and keeps serving, since the fibers pinned here
+    // cannot move to another thread.
+    while let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| worker.main_loop())) {
+        worker.recover(payload);
+    }
+    for _ in 0..SHUTDOWN_TRIES {
+        match panic::catch_unwind(AssertUnwindSafe(|| worker.shutdown())) {
+            Ok(()) => break,
+            Err(payload) => worker.recover(payload),
+        }
+    }
+    worker.remote().closed.store(true, Ordering::Release);
 }
+
+/// How many times a worker restarts its shutdown after a panic escaped it.
+const SHUTDOWN_TRIES: usize = 4;
 
 impl Worker {
     fn remote(&self) -> &Remote {
         &self.shared.remotes[self.index]
+    }
+
+    /// A panic reached the worker loop: report it and reset what the loop
+    /// sets while a fiber runs, so the worker can go on.
+    fn recover(&self, payload: Box<dyn std::any::Any + Send>) {
+        log::error!(
+            "weave: worker {}: a panic reached the worker loop ({}); the worker keeps serving",
+            self.index,
+            payload_text(&*payload)
+        );
+        self.current.set(std::ptr::null());
+        overflow::set_current_null();
+        drop_payload(payload);
     }
 
     pub(crate) fn push_new(&self, fiber: FiberRef) {
@@ -125,11 +155,13 @@ impl Worker {
     fn next_fiber(&self) -> Option<FiberRef> {
         // Wakeups from other threads join the back of the run queue, so they
         // take their turn even when local fibers keep the queue non-empty.
-        let inbox = &self.remote().inbox;
-        if !inbox.is_empty() {
-            let mut ready = self.ready.borrow_mut();
-            while let Some(f) = steal_one(inbox) {
-                ready.push_back(f);
+        let remote = self.remote();
+        for q in [&remote.inbox, &remote.pinned] {
+            if !q.is_empty() {
+                let mut ready = self.ready.borrow_mut();
+                while let Some(f) = steal_one(q) {
+                    ready.push_back(f);
+                }
             }
         }
         if let Some(f) = self.ready.borrow_mut().pop_front() {
@@ -177,6 +209,7 @@ impl Worker {
         !self.ready.borrow().is_empty()
             || !self.local.is_empty()
             || !self.remote().inbox.is_empty()
+            || !self.remote().pinned.is_empty()
             || !self.shared.injector.is_empty()
             || self.shared.remotes.iter().any(|r| !r.stealer.is_empty())
             || self.shared.shutdown.load(Ordering::SeqCst)
@@ -197,6 +230,7 @@ impl Worker {
                 std::hint::spin_loop();
             }
             if !self.remote().inbox.is_empty()
+                || !self.remote().pinned.is_empty()
                 || !self.shared.injector.is_empty()
                 || self.shared.remotes.iter().any(|r| !r.stealer.is_empty())
             {
@@ -341,7 +375,10 @@ impl Worker {
         self.current.set(Arc::as_ptr(&fiber));
         overflow::set_current(&fiber);
         let started = crate::sys::coarse_now();
-        let result = co.resume(());
+        // The fiber's root catches every panic (see `start`); should one
+        // still escape, corosensei re-raises it here, with the coroutine
+        // finished, and the fiber ends like any other.
+        let result = panic::catch_unwind(AssertUnwindSafe(|| co.resume(())));
         let ran = crate::sys::coarse_now().saturating_sub(started);
         overflow::set_current_null();
         self.current.set(std::ptr::null());
@@ -350,19 +387,28 @@ impl Worker {
         if ran >= self.shared.config.hog_threshold {
             super::report_hog(&fiber.display_name(), ran, self.index);
         }
-        if matches!(result, CoroutineResult::Yield(_)) && std::thread::panicking() {
+        if matches!(result, Ok(CoroutineResult::Yield(_))) && std::thread::panicking() {
             fiber.control.suspended_unwinding.set(true);
             self.suspended_unwinders
                 .set(self.suspended_unwinders.get() + 1);
         }
         match result {
-            CoroutineResult::Yield(Switch::Yield) => self.push_ready(fiber),
-            CoroutineResult::Yield(Switch::Park) => {
+            Ok(CoroutineResult::Yield(Switch::Yield)) => self.push_ready(fiber),
+            Ok(CoroutineResult::Yield(Switch::Park)) => {
                 if !fiber.publish_parked() {
                     self.push_ready(fiber);
                 }
             }
-            CoroutineResult::Return(()) => self.finish(fiber),
+            Ok(CoroutineResult::Return(())) => self.finish(fiber),
+            Err(payload) => {
+                log::error!(
+                    "weave: fiber '{}' ended with a panic outside its catch ({})",
+                    fiber.display_name(),
+                    payload_text(&*payload)
+                );
+                drop_payload(payload);
+                self.finish(fiber);
+            }
         }
     }
 
@@ -382,7 +428,17 @@ impl Worker {
             // SAFETY: the fiber is alive (the worker's table holds it until
             // the coroutine finishes) and only its own code reads `yielder`.
             unsafe { *(*me).yielder.get() = yielder as *const _ };
-            func();
+            // The body catches the user's panics itself; this root catch is
+            // the last line, so that nothing unwinds into the worker.
+            if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(func)) {
+                // SAFETY: as above.
+                let name = unsafe { (*me).display_name() };
+                log::error!(
+                    "weave: fiber '{name}': a panic escaped the fiber's body ({})",
+                    payload_text(&*payload)
+                );
+                drop_payload(payload);
+            }
         });
         *body = Body::Running(co);
     }
@@ -428,6 +484,7 @@ impl Worker {
             while let Some(f) = self.local.pop() {
                 drop_unstarted(f);
             }
+            cancel_queued(&self.remote().pinned);
             let inbox = &self.remote().inbox;
             while let Some(f) = steal_one(inbox) {
                 self.ready.borrow_mut().push_back(f);
@@ -459,7 +516,7 @@ impl Worker {
                 .saturating_duration_since(now);
             let remote = self.remote();
             remote.sleeping.store(true, Ordering::SeqCst);
-            let timeout = if remote.inbox.is_empty() {
+            let timeout = if remote.inbox.is_empty() && remote.pinned.is_empty() {
                 timeout
             } else {
                 Duration::ZERO
@@ -495,12 +552,50 @@ impl Worker {
 }
 
 /// Drops a fiber that never ran; its join handle reports it cancelled.
+///
+/// Any thread may call it for a fiber it took out of a queue that holds only
+/// fibers that have not started (the injector, a worker's stealable or
+/// pinned queue).
 pub(crate) fn drop_unstarted(fiber: FiberRef) {
     // SAFETY: the fiber was just taken out of a queue and never started, so
     // no other thread can reach its body.
     let body = unsafe { &mut *fiber.body.get() };
-    drop(std::mem::replace(body, Body::Gone));
+    let old = std::mem::replace(body, Body::Gone);
+    debug_assert!(!matches!(old, Body::Running(_)), "fiber already started");
+    // The closure's captures are user values, so their destructors run
+    // under a catch; dropping the closure also drops its join-state
+    // completer, which reports the fiber cancelled.
+    if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(move || drop(old))) {
+        log::error!(
+            "weave: fiber '{}': dropping its unstarted closure panicked ({})",
+            fiber.display_name(),
+            payload_text(&*payload)
+        );
+        drop_payload(payload);
+    }
     fiber.mark_done();
+}
+
+/// Takes every fiber out of `q`, a queue of fibers that have not started,
+/// and cancels it. Returns how many there were.
+pub(crate) fn cancel_queued(q: &Injector<FiberRef>) -> usize {
+    let mut n = 0;
+    while let Some(f) = steal_one(q) {
+        drop_unstarted(f);
+        n += 1;
+    }
+    n
+}
+
+/// The message of a panic payload, for logs.
+pub(crate) fn payload_text(payload: &(dyn std::any::Any + Send)) -> &str {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        s
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s
+    } else {
+        "a non-string payload"
+    }
 }
 
 pub(crate) fn steal_one(q: &Injector<FiberRef>) -> Option<FiberRef> {
