@@ -26,7 +26,8 @@
 #   SERVERS ["weave tokio may mio"]; add weave_net (the echo on the bare
 #           net layer) to measure the server framework's overhead, and
 #           weave_single (one listener and acceptor instead of one per
-#           worker) to compare accept strategies, and weave_alt (the echo
+#           worker) to compare accept strategies, weave_req (the echo in
+#           request mode: idle connections hold no fiber), and weave_alt (the echo
 #           binary at WEAVE_ALT_BIN, built from another revision) to compare
 #           two builds of weave side by side
 #   WEAVE_ALT_BIN       the echo binary weave_alt runs
@@ -92,6 +93,7 @@ server_bin() {
         weave) echo "$BIN/echo" ;;
         weave_net) echo "$BIN/echo_net" ;;
         weave_single) echo "$BIN/echo" ;;
+        weave_req) echo "$BIN/echo" ;;
         weave_alt) echo "${WEAVE_ALT_BIN:?bench-echo: set WEAVE_ALT_BIN for weave_alt}" ;;
         tokio) echo "$BIN/echo_tokio" ;;
         may) echo "$BIN/echo_may" ;;
@@ -113,6 +115,7 @@ start_server() {
     PORT=$(free_port)
     local extra=()
     if [ "$1" = weave_single ]; then extra=(--single-acceptor); fi
+    if [ "$1" = weave_req ]; then extra=(--request-mode); fi
     "$bin" --addr "127.0.0.1:$PORT" --workers "$WORKERS" "${extra[@]}" >"$WORK/server.log" 2>&1 &
     SERVER_PID=$!
     for _ in $(seq 1 100); do

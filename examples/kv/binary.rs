@@ -240,6 +240,9 @@ pub fn serve<S: Read + Write>(c: &mut Conn<'_, S>, ctx: &Ctx) -> io::Result<()> 
     let mut small = Vec::with_capacity(512);
     loop {
         while c.data().len() < HEADER {
+            if c.data().is_empty() && c.idle_here()? {
+                return Ok(());
+            }
             if !c.fill(HEADER)? {
                 return Ok(());
             }

@@ -126,6 +126,13 @@ pub struct Conn<'a, S> {
     muted: bool,
     /// This connection's entry in `stats conns`, if it has one.
     stat: Option<Arc<ConnStat>>,
+    /// Request mode: return at a request boundary with nothing buffered
+    /// (after something was read), instead of waiting for more input.
+    idle_ok: bool,
+    /// Input was read during this turn.
+    read_any: bool,
+    /// Returned at a request boundary (see `idle_here`).
+    went_idle: bool,
     /// Largest the input buffer has been (for tests of its bound).
     #[cfg(test)]
     high_water: usize,
@@ -134,9 +141,13 @@ pub struct Conn<'a, S> {
 impl<'a, S: Read + Write> Conn<'a, S> {
     /// Wraps a stream.
     pub fn new(stream: S, ctx: &'a Ctx) -> Self {
+        Conn::with_buf(stream, ctx, vec![0; INPUT_INITIAL])
+    }
+
+    fn with_buf(stream: S, ctx: &'a Ctx, buf: Vec<u8>) -> Self {
         Conn {
             stream,
-            buf: vec![0; INPUT_INITIAL],
+            buf,
             start: 0,
             end: 0,
             out: Vec::with_capacity(4096),
@@ -145,9 +156,44 @@ impl<'a, S: Read + Write> Conn<'a, S> {
             partial_since: None,
             muted: false,
             stat: None,
+            idle_ok: false,
+            read_any: false,
+            went_idle: false,
             #[cfg(test)]
             high_water: INPUT_INITIAL,
         }
+    }
+
+    /// Wraps a stream for one turn of request mode, reading into `buf` (a
+    /// pooled buffer, whose contents are ignored).
+    pub fn for_request(stream: S, ctx: &'a Ctx, mut buf: Vec<u8>) -> Self {
+        buf.clear();
+        buf.resize(INPUT_INITIAL, 0);
+        let mut c = Conn::with_buf(stream, ctx, buf);
+        c.idle_ok = true;
+        c
+    }
+
+    /// Gives back the input buffer (for the server's pool).
+    pub fn into_buffer(self) -> Vec<u8> {
+        self.buf
+    }
+
+    /// Called by a protocol loop at a request boundary with nothing
+    /// buffered. In request mode, once something was read this turn, it
+    /// writes the queued replies and returns true: the caller returns and
+    /// the connection goes idle, holding neither this buffer nor a fiber.
+    /// Otherwise false: the caller reads on.
+    pub fn idle_here(&mut self) -> io::Result<bool> {
+        if !(self.idle_ok && self.read_any) {
+            return Ok(false);
+        }
+        self.flush()?;
+        if let Some(s) = &self.stat {
+            s.waiting();
+        }
+        self.went_idle = true;
+        Ok(true)
     }
 
     /// Buffered input not yet consumed.
@@ -213,6 +259,7 @@ impl<'a, S: Read + Write> Conn<'a, S> {
             s.read_at(self.ctx.store.now());
         }
         self.read_done(n);
+        self.read_any = true;
         self.end += n;
         Ok(n > 0)
     }
@@ -549,6 +596,105 @@ struct Open<'a>(&'a Ctx);
 impl Drop for Open<'_> {
     fn drop(&mut self) {
         self.0.curr_conns.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The protocol a request-mode connection speaks, once its first byte
+/// told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Proto {
+    Unknown,
+    Text,
+    Binary,
+}
+
+/// What a connection keeps between requests in request mode: its counters
+/// and `stats conns` entry (released when it drops), and its protocol. No
+/// buffer: about a hundred bytes.
+#[derive(Debug)]
+pub struct Session {
+    ctx: Arc<Ctx>,
+    id: u64,
+    stat: Arc<ConnStat>,
+    proto: Proto,
+}
+
+impl Session {
+    /// A new connection, listed by `stats conns` under `id` (its socket
+    /// number) with its peer address.
+    pub fn new(ctx: Arc<Ctx>, id: u64, peer: String) -> Session {
+        ctx.curr_conns.fetch_add(1, Ordering::Relaxed);
+        ctx.total_conns.fetch_add(1, Ordering::Relaxed);
+        let stat = ctx.conns.insert(id, peer, ctx.store.now());
+        Session {
+            ctx,
+            id,
+            stat,
+            proto: Proto::Unknown,
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.ctx.curr_conns.fetch_sub(1, Ordering::Relaxed);
+        self.ctx.conns.remove(self.id);
+    }
+}
+
+/// One turn of a request-mode connection: serves the requests that are
+/// readable now, each exactly as [`handle_conn`] would, and returns at the
+/// first request boundary with nothing left buffered (`Next::Idle`: the
+/// connection idles with no fiber and no buffer), or `Next::Close` when the
+/// client quits, hangs up or breaks the protocol. `buf` is the server's
+/// pooled buffer, used as the input buffer and handed back.
+///
+/// # Errors
+///
+/// I/O errors other than the peer going away.
+pub fn handle_request<S: Read + Write>(
+    stream: S,
+    buf: &mut Vec<u8>,
+    session: &mut Session,
+) -> io::Result<weave::server::Next> {
+    use weave::server::Next;
+    let ctx = session.ctx.clone();
+    let mut c = Conn::for_request(stream, &ctx, std::mem::take(buf));
+    c.stat = Some(session.stat.clone());
+    let r = (|| {
+        if session.proto == Proto::Unknown {
+            if !c.fill(INPUT_INITIAL)? {
+                return Ok(());
+            }
+            session.proto = if c.data()[0] == binary::REQ_MAGIC {
+                Proto::Binary
+            } else {
+                Proto::Text
+            };
+        }
+        match session.proto {
+            Proto::Binary => binary::serve(&mut c, &ctx)?,
+            _ => text::serve(&mut c, &ctx)?,
+        }
+        c.flush()
+    })();
+    let idle = c.went_idle;
+    *buf = c.into_buffer();
+    match r {
+        Ok(()) if idle => Ok(Next::Idle),
+        Ok(()) => Ok(Next::Close),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::UnexpectedEof
+            ) =>
+        {
+            Ok(Next::Close)
+        }
+        Err(e) => Err(e),
     }
 }
 

@@ -103,6 +103,12 @@ struct Args {
     /// at a time is never idle, so only this limit ends it.
     #[arg(long, default_value_t = 0)]
     request_timeout: u64,
+    /// Keep each connection on its own fiber from accept to close (the
+    /// framework's straight-line mode) instead of request mode, in which an
+    /// idle connection holds no fiber and no buffer. TLS and `-Y` always
+    /// use a fiber per connection.
+    #[arg(long)]
+    fiber_per_connection: bool,
     /// Require ASCII authentication: FILE holds `user:password` lines, and
     /// a client authenticates with a `set` whose data is `user password`
     /// (any key). Binary requests are refused.
@@ -286,7 +292,16 @@ fn run(args: Args) -> io::Result<()> {
     };
     let addr = format!("{host}:{}", args.port);
     let idle = Duration::from_secs(args.idle_timeout);
-    let served = serve(&addr, threads, args.conn_limit, idle, ctx.clone(), tls);
+    let request_mode = !args.fiber_per_connection && tls.is_none() && ctx.auth.is_none();
+    let served = serve(
+        &addr,
+        threads,
+        args.conn_limit,
+        idle,
+        ctx.clone(),
+        tls,
+        request_mode,
+    );
     if let Some(j) = store.journal() {
         if let Err(e) = j.sync() {
             log::error!("final log sync failed: {e}");
@@ -325,6 +340,7 @@ fn serve(
     idle: Duration,
     ctx: Arc<Ctx>,
     tls: Option<Arc<tls::Tls>>,
+    request_mode: bool,
 ) -> io::Result<()> {
     // The framework binds one SO_REUSEPORT listener per worker, which would
     // let a second kv on the same port silently share the traffic. Fail like
@@ -346,6 +362,25 @@ fn serve(
     );
     if let Some(a) = server.local_addrs().first() {
         *ctx.conns.listen.lock().unwrap() = format!("tcp:{a}");
+    }
+    let peer_of = |c: &weave::Conn| match c.peer_addr() {
+        weave::server::PeerAddr::Tcp(a) => format!("tcp:{a}"),
+        p => p.to_string(),
+    };
+    if request_mode {
+        let ctx2 = ctx.clone();
+        let summary = server.serve_requests(
+            move |c| {
+                let _ = c.set_nodelay(true);
+                conn::Session::new(ctx2.clone(), c.as_raw_fd() as u64, peer_of(c))
+            },
+            |req: &mut weave::server::Request<'_, conn::Session>| {
+                let (c, session, buf) = req.parts();
+                conn::handle_request(c, buf, session)
+            },
+        )?;
+        log::info!("server stopped: {summary:?}");
+        return Ok(());
     }
     let summary = server.serve(move |c| {
         c.set_nodelay(true)?;

@@ -123,6 +123,9 @@ pub fn serve<S: Read + Write>(c: &mut Conn<'_, S>, ctx: &Ctx) -> io::Result<()> 
             c.consume(n);
             scanned = 0;
         }
+        if !discarding && c.data().is_empty() && c.idle_here()? {
+            return Ok(());
+        }
         if !c.fill(MAX_GET_LINE)? {
             return Ok(());
         }

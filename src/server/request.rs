@@ -175,8 +175,9 @@ fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
 
 /// An idle connection.
 struct Entry<S> {
-    conn: Conn,
+    /// Dropped before the connection closes its descriptor.
     state: S,
+    conn: Conn,
     /// Counts the connection open until it drops.
     _guard: ActiveGuard,
     /// When it went idle.
