@@ -614,7 +614,7 @@ enum Proto {
 #[derive(Debug)]
 pub struct Session {
     ctx: Arc<Ctx>,
-    id: u64,
+    id: (u64, u64),
     stat: Arc<ConnStat>,
     proto: Proto,
 }
@@ -625,7 +625,7 @@ impl Session {
     pub fn new(ctx: Arc<Ctx>, id: u64, peer: String) -> Session {
         ctx.curr_conns.fetch_add(1, Ordering::Relaxed);
         ctx.total_conns.fetch_add(1, Ordering::Relaxed);
-        let stat = ctx.conns.insert(id, peer, ctx.store.now());
+        let (id, stat) = ctx.conns.insert(id, peer, ctx.store.now());
         Session {
             ctx,
             id,

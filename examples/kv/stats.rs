@@ -113,7 +113,8 @@ impl ConnTable {
     /// Adds connection `id` (its socket number) from `peer` at Unix second
     /// `now`, until [`remove`](Self::remove): the owned form of
     /// [`register`](Self::register), for connections that outlive a call.
-    pub fn insert(&self, id: u64, peer: String, now: u64) -> Arc<ConnStat> {
+    /// Returns the entry's key and the entry.
+    pub fn insert(&self, id: u64, peer: String, now: u64) -> ((u64, u64), Arc<ConnStat>) {
         let stat = Arc::new(ConnStat {
             peer,
             last_read: AtomicU64::new(now),
@@ -122,21 +123,22 @@ impl ConnTable {
         self.last_accept.store(now, Ordering::Relaxed);
         let id = (id, self.seq.fetch_add(1, Ordering::Relaxed));
         self.open.lock().unwrap().insert(id, stat.clone());
-        stat
+        (id, stat)
     }
 
-    /// Removes connection `id`.
-    pub fn remove(&self, id: u64) {
+    /// Removes the entry under `id` (a key [`insert`](Self::insert) gave).
+    pub fn remove(&self, id: (u64, u64)) {
         self.open.lock().unwrap().remove(&id);
     }
 
     /// Adds connection `id` (its socket number) from `peer` at Unix second
     /// `now`.
     pub fn register(&self, id: u64, peer: String, now: u64) -> Registered<'_> {
+        let (id, stat) = self.insert(id, peer, now);
         Registered {
             table: self,
             id,
-            stat: self.insert(id, peer, now),
+            stat,
         }
     }
 }
