@@ -40,9 +40,10 @@
 //!   `stats.rs`). `stats detail on|off|dump` is not supported (kv keeps no
 //!   per-prefix counters).
 //! - **Meta `E` flag.** kv accepts `E` (use this CAS unique) on `ms`,
-//!   `mg` with `N`, as memcached's protocol.txt defines it; Debian's
-//!   memcached 1.6.18 predates it and answers `CLIENT_ERROR invalid flag`.
-//!   `ma` and `md` accept it and ignore it.
+//!   `ma`, `mg` with `N` and `md` with `I`, as memcached's protocol.txt
+//!   defines it; Debian's memcached 1.6.18 predates it and answers
+//!   `CLIENT_ERROR invalid flag` (or, for `md` and `ma`, `CLIENT_ERROR
+//!   invalid or duplicate flag`).
 //! - **Meta state and the log.** The fetched, stale and win-token bits of
 //!   the meta protocol are kept in memory only; after a restart from
 //!   `--aof`, items read as fresh and unfetched.

@@ -436,9 +436,13 @@ fn delete<S: Read + Write>(
     flags: &[Flag<'_>],
 ) {
     let cas = num(flags, b'C').unwrap_or(0);
-    let r = ctx
-        .store
-        .meta_delete(key, cas, has(flags, b'I'), abs_ttl(ctx, flags, b'T'));
+    let r = ctx.store.meta_delete(
+        key,
+        cas,
+        has(flags, b'I'),
+        abs_ttl(ctx, flags, b'T'),
+        num(flags, b'E'),
+    );
     let code: &[u8] = match r {
         Ok(DeleteStatus::Deleted) => b"HD",
         Ok(DeleteStatus::NotFound) => b"NF",
@@ -483,7 +487,9 @@ fn arith<S: Read + Write>(
     let by: u64 = num(flags, b'D').unwrap_or(1);
     let initial = num::<i64>(flags, b'N').map(|ttl| (num::<u64>(flags, b'J').unwrap_or(0), ttl));
     let cas = num(flags, b'C').unwrap_or(0);
-    let r = ctx.store.delta(key, incr, by, initial, cas);
+    let r = ctx
+        .store
+        .delta_with(key, incr, by, initial, cas, num(flags, b'E'));
     let (value, new_cas) = match r {
         Ok(DeltaStatus::Value(v, cas)) => (v, cas),
         Ok(DeltaStatus::NotFound) => {
@@ -723,6 +729,22 @@ mod tests {
     }
 
     #[test]
+    fn explicit_cas() {
+        // `E` sets the CAS unique of what a command writes (memcached's
+        // protocol.txt; 1.6.18 predates it, so it is outside the diff).
+        let ctx = ctx();
+        let out = session(
+            &ctx,
+            "ms a 1 E500 c\r\n1\r\nma a E600 c\r\nmd a I E700\r\nmg a c\r\n\
+             mg b N30 E800 c\r\nms a 1 C700 E900 c\r\n2\r\n",
+        );
+        assert_eq!(
+            out,
+            "HD c500\r\nHD c600\r\nHD\r\nHD c700 X W\r\nHD c800 W\r\nHD c900\r\n"
+        );
+    }
+
+    #[test]
     fn base64_keys_round_trip() {
         for s in [&b""[..], b"f", b"fo", b"foo", b"\x00\xff\x10 key\r\n"] {
             assert_eq!(base64_decode(&base64_encode(s)).unwrap(), s);
@@ -767,7 +789,7 @@ mod tests {
                         // One thread invalidates; then all race again.
                         if t == 0 {
                             ctx.store
-                                .meta_delete(key.as_bytes(), 0, true, None)
+                                .meta_delete(key.as_bytes(), 0, true, None, None)
                                 .unwrap();
                         }
                         barrier.wait();

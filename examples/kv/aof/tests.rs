@@ -659,7 +659,7 @@ fn meta_invalidation_and_vivify_survive_a_restart() {
         let before = st.get(b"k").unwrap().cas;
         let exp = st.now() + 100;
         assert_eq!(
-            st.meta_delete(b"k", 0, true, Some(exp)).unwrap(),
+            st.meta_delete(b"k", 0, true, Some(exp), None).unwrap(),
             DeleteStatus::Deleted
         );
         invalidated = st.get(b"k").unwrap();
@@ -671,7 +671,7 @@ fn meta_invalidation_and_vivify_survive_a_restart() {
         vivified = st.meta_get(b"new", o).unwrap().unwrap().item;
         // An invalidating delete of an absent key is logged like a delete.
         assert_eq!(
-            st.meta_delete(b"absent", 0, true, None).unwrap(),
+            st.meta_delete(b"absent", 0, true, None, None).unwrap(),
             DeleteStatus::NotFound
         );
     }

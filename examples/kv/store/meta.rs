@@ -150,13 +150,15 @@ impl Store {
 
     /// A meta-protocol delete (`md`). With `cas != 0` only if the CAS
     /// unique matches. With `invalidate`, the item is kept but marked
-    /// stale, with a new CAS unique and, if given, a new absolute expiry.
+    /// stale, with a new CAS unique (`new_cas`, or the next one) and, if
+    /// given, a new absolute expiry.
     pub fn meta_delete(
         &self,
         key: &[u8],
         cas: u64,
         invalidate: bool,
         exp: Option<u64>,
+        new_cas: Option<u64>,
     ) -> Persisted<DeleteStatus> {
         if !invalidate {
             return self.delete(key, cas);
@@ -175,7 +177,7 @@ impl Store {
         if cas != 0 && sh.entry(idx).cas != cas {
             return Ok(DeleteStatus::Exists);
         }
-        let new_cas = self.next_cas();
+        let new_cas = new_cas.unwrap_or_else(|| self.next_cas());
         let e = sh.entry_mut(idx);
         e.meta.stale = true;
         e.meta.token_sent = false;

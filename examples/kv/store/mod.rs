@@ -572,6 +572,20 @@ impl Store {
         initial: Option<(u64, i64)>,
         cas: u64,
     ) -> Persisted<DeltaStatus> {
+        self.delta_with(key, incr, by, initial, cas, None)
+    }
+
+    /// [`Store::delta`] giving the changed item the CAS unique `new_cas`
+    /// instead of the next one (the meta protocol's `E`).
+    pub fn delta_with(
+        &self,
+        key: &[u8],
+        incr: bool,
+        by: u64,
+        initial: Option<(u64, i64)>,
+        cas: u64,
+        new_cas: Option<u64>,
+    ) -> Persisted<DeltaStatus> {
         self.journal_check()?;
         let now = self.now();
         let i = self.shard_of(key);
@@ -620,7 +634,7 @@ impl Store {
             digits.resize(old_len, b' ');
         }
         let value: Value = Value::from(digits);
-        let c = self.next_cas();
+        let c = new_cas.unwrap_or_else(|| self.next_cas());
         let ticket = self.journal_submit(|| Record::Set {
             key: key.into(),
             value: value.clone(),
