@@ -63,7 +63,11 @@
 //!   address and fiber name and counted; the connection closes, the server
 //!   goes on.
 //! - **Signals.** `SIGPIPE` is ignored. With `handle_signals(true)` (the
-//!   default), SIGINT and SIGTERM start a graceful shutdown.
+//!   default), SIGINT and SIGTERM start a graceful shutdown. The program's
+//!   own handlers for them keep working: the server's handler calls the one
+//!   installed before it, preserves `errno`, and the earlier handlers are put
+//!   back when the last server returns. Several servers can run at once;
+//!   a signal stops all of them.
 //!
 //! # Graceful shutdown, step by step
 //!
@@ -208,7 +212,10 @@ impl Builder {
         self
     }
 
-    /// Turn SIGINT/SIGTERM into a graceful shutdown (default `true`).
+    /// Turn SIGINT/SIGTERM into a graceful shutdown (default `true`). A
+    /// handler installed before (a function, not a default or ignore
+    /// disposition) is still called for each signal, and is put back when
+    /// the server returns.
     pub fn handle_signals(mut self, on: bool) -> Builder {
         self.handle_signals = on;
         self
@@ -678,10 +685,11 @@ impl Server {
             state,
             handle_signals,
         } = self;
-        let signal_stream = if handle_signals {
-            Some(signals::install()?)
+        let (signal_stream, installation) = if handle_signals {
+            let (stream, installation) = signals::install()?;
+            (Some(stream), Some(installation))
         } else {
-            None
+            (None, None)
         };
         let rt_handle = runtime.handle();
         let summary = runtime.block_on(move || {
@@ -722,8 +730,8 @@ impl Server {
             }
             summary
         });
-        if handle_signals {
-            signals::uninstall();
+        if let Some(installation) = installation {
+            signals::uninstall(installation);
         }
         Ok(summary)
     }
