@@ -11,7 +11,9 @@
 //! Reports requests per second, the latency of each request (its batch's
 //! round trip: p50, p99, p99.9), and with `--server-pid` the server's CPU
 //! microseconds (user + system, `/proc/PID/stat`) per request over the
-//! measured window. The last line is machine-readable:
+//! measured window. With `--tls-ca FILE` every connection is a TLS session
+//! (rustls, verifying the server's certificate for `127.0.0.1` against the
+//! PEM certificate in FILE), to measure what TLS costs. The last line is machine-readable:
 //! `RESULT ops_per_sec=.. p50_us=.. p99_us=.. p999_us=.. server_cpu_us_per_op=..`.
 //!
 //! ```text
@@ -59,6 +61,36 @@ struct Args {
     /// Server process id, for its CPU time.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Speak TLS, trusting the PEM certificate(s) in this file.
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<std::path::PathBuf>,
+}
+
+/// A client connection: plain TCP or TLS over it.
+trait Stream: Read + Write + Send {}
+impl<T: Read + Write + Send> Stream for T {}
+
+/// Replies are read through the buffer; requests are written with
+/// `get_mut()` (reads and writes never share bytes).
+type Conn = BufReader<Box<dyn Stream>>;
+
+/// The TLS client configuration for `--tls-ca`.
+fn tls_config(ca: &std::path::Path) -> io::Result<Arc<rustls::ClientConfig>> {
+    use rustls::pki_types::pem::PemObject;
+    let pem = std::fs::read(ca)?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+        roots
+            .add(cert.map_err(|e| bad(format!("{}: {e}", ca.display())))?)
+            .map_err(|e| bad(format!("{}: {e}", ca.display())))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 /// The value stored under key `k`: the key number, padded to `size`.
@@ -68,11 +100,20 @@ fn value_of(k: u64, size: usize) -> Vec<u8> {
     v
 }
 
-fn connect(addr: SocketAddr) -> io::Result<(BufReader<TcpStream>, TcpStream)> {
+fn connect(addr: SocketAddr, tls: Option<&Arc<rustls::ClientConfig>>) -> io::Result<Conn> {
     let s = TcpStream::connect(addr)?;
     s.set_nodelay(true)?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    Ok((BufReader::with_capacity(1 << 16, s.try_clone()?), s))
+    let stream: Box<dyn Stream> = match tls {
+        None => Box::new(s),
+        Some(config) => {
+            let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("an IP");
+            let conn = rustls::ClientConnection::new(config.clone(), name)
+                .map_err(|e| bad(e.to_string()))?;
+            Box::new(rustls::StreamOwned::new(conn, s))
+        }
+    };
+    Ok(BufReader::with_capacity(1 << 16, stream))
 }
 
 fn bad(msg: String) -> io::Error {
@@ -81,7 +122,7 @@ fn bad(msg: String) -> io::Error {
 
 /// Reads the replies to one batch and checks them.
 fn read_replies(
-    r: &mut BufReader<TcpStream>,
+    r: &mut Conn,
     batch: &[(bool, u64)],
     size: usize,
     line: &mut String,
@@ -122,8 +163,8 @@ fn set_cmd(out: &mut Vec<u8>, k: u64, size: usize) {
 }
 
 /// Stores every key once, over one connection, 100 per batch.
-fn preload(a: &Args) -> io::Result<()> {
-    let (mut r, mut w) = connect(a.addr)?;
+fn preload(a: &Args, tls: Option<&Arc<rustls::ClientConfig>>) -> io::Result<()> {
+    let mut r = connect(a.addr, tls)?;
     let mut out = Vec::new();
     let mut line = String::new();
     let mut k = 0;
@@ -134,7 +175,7 @@ fn preload(a: &Args) -> io::Result<()> {
         for &(_, k) in &batch {
             set_cmd(&mut out, k, a.value_size);
         }
-        w.write_all(&out)?;
+        r.get_mut().write_all(&out)?;
         read_replies(&mut r, &batch, a.value_size.max(16), &mut line)?;
         k += n;
     }
@@ -155,7 +196,8 @@ fn cpu_us(pid: u32) -> Option<f64> {
 
 fn main() -> io::Result<()> {
     let a = Args::parse();
-    preload(&a)?;
+    let tls = a.tls_ca.as_deref().map(tls_config).transpose()?;
+    preload(&a, tls.as_ref())?;
     let stop = Arc::new(AtomicBool::new(false));
     let ops = Arc::new(AtomicU64::new(0));
     let hist = Arc::new(Mutex::new(
@@ -164,15 +206,16 @@ fn main() -> io::Result<()> {
     let start = Arc::new(Barrier::new(a.conns + 1));
     let mut threads = Vec::new();
     for _ in 0..a.conns {
-        let (a, stop, ops, hist, start) = (
+        let (a, tls, stop, ops, hist, start) = (
             a.clone(),
+            tls.clone(),
             stop.clone(),
             ops.clone(),
             hist.clone(),
             start.clone(),
         );
         threads.push(std::thread::spawn(move || -> io::Result<()> {
-            let (mut r, mut w) = connect(a.addr)?;
+            let mut r = connect(a.addr, tls.as_ref())?;
             let mut rng = rand::thread_rng();
             let mut h =
                 Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
@@ -194,7 +237,7 @@ fn main() -> io::Result<()> {
                     batch.push((is_set, k));
                 }
                 let t = Instant::now();
-                w.write_all(&out)?;
+                r.get_mut().write_all(&out)?;
                 read_replies(&mut r, &batch, a.value_size.max(16), &mut line)?;
                 let us = t.elapsed().as_micros().max(1) as u64;
                 h.record_n(us, a.depth as u64).ok();

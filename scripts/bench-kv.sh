@@ -10,8 +10,14 @@
 # (utime + stime from /proc/PID/stat over the measured window), with the
 # ratio kv/memcached.
 #
+# MODE=tls measures what TLS costs instead: kv in plaintext against kv with
+# -Z (a throwaway certificate from openssl), the load generator speaking TLS
+# to the second (kv_load --tls-ca); same alternation, same table, ratio
+# TLS/plaintext.
+#
 # Usage: scripts/bench-kv.sh
 # Environment (defaults in brackets):
+#   MODE [memcached]  memcached: kv against memcached; tls: kv-tls against kv
 #   THREADS [2]       worker threads of both servers
 #   CONNS [50]        client connections
 #   DEPTHS ["1 16"]   pipeline depths
@@ -30,6 +36,7 @@ ROUNDS=${ROUNDS:-3}
 SECS=${SECS:-5}
 MAX_OPS=${MAX_OPS:-50000000}
 OUT=${OUT:-}
+MODE=${MODE:-memcached}
 TARGET=${CARGO_TARGET_DIR:-target}
 
 for v in THREADS CONNS ROUNDS SECS MAX_OPS; do
@@ -39,7 +46,15 @@ for v in THREADS CONNS ROUNDS SECS MAX_OPS; do
     fi
 done
 
-if ! command -v memcached >/dev/null 2>&1; then
+case $MODE in
+    memcached | tls) ;;
+    *)
+        echo "bench-kv: MODE must be memcached or tls, got '$MODE'" >&2
+        exit 2
+        ;;
+esac
+
+if [ "$MODE" = memcached ] && ! command -v memcached >/dev/null 2>&1; then
     echo "== installing memcached" >&2
     export DEBIAN_FRONTEND=noninteractive
     apt-get install -y -qq memcached >/dev/null 2>&1 || {
@@ -50,7 +65,29 @@ fi
 echo "== building release binaries" >&2
 cargo build --release --quiet --example kv --example kv_load
 KV="$TARGET/release/examples/kv"
-LOAD="$TARGET/release/examples/kv_load"
+LOAD_BIN="$TARGET/release/examples/kv_load"
+
+certdir=
+if [ "$MODE" = tls ]; then
+    certdir=$(mktemp -d)
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+        -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 \
+        -addext basicConstraints=critical,CA:FALSE \
+        -keyout "$certdir/key.pem" -out "$certdir/cert.pem" 2>/dev/null
+    # The load generator speaks TLS while start_server has exported
+    # KV_LOAD_TLS_CA (a wrapper, since ab_run runs $LOAD under timeout).
+    cat >"$certdir/load" <<EOF
+#!/usr/bin/env bash
+if [ -n "\${KV_LOAD_TLS_CA:-}" ]; then
+    exec "$LOAD_BIN" --tls-ca "\$KV_LOAD_TLS_CA" "\$@"
+fi
+exec "$LOAD_BIN" "\$@"
+EOF
+    chmod +x "$certdir/load"
+    LOAD="$certdir/load"
+else
+    LOAD="$LOAD_BIN"
+fi
 
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
@@ -64,19 +101,30 @@ stop_server() {
         server_pid=
     fi
 }
-trap stop_server EXIT
+trap 'stop_server; [ -z "$certdir" ] || rm -rf "$certdir"' EXIT
 
 start_server() { # name port
+    if [ "$1" = kv-tls ]; then
+        export KV_LOAD_TLS_CA="$certdir/cert.pem"
+    else
+        unset KV_LOAD_TLS_CA
+    fi
     case $1 in
         kv) "$KV" -l 127.0.0.1 -p "$2" -t "$THREADS" -m 1024 -c 4096 & ;;
+        kv-tls)
+            "$KV" -l 127.0.0.1 -p "$2" -t "$THREADS" -m 1024 -c 4096 \
+                -Z -o "ssl_chain_cert=$certdir/cert.pem,ssl_key=$certdir/key.pem" &
+            ;;
         memcached) memcached -l 127.0.0.1 -p "$2" -U 0 -t "$THREADS" -m 1024 -c 4096 -u "$(id -un)" & ;;
     esac
     server_pid=$!
     # Wait (bounded) until it answers.
     for _ in $(seq 1 500); do
-        if python3 - "$2" <<'PY' 2>/dev/null; then return 0; fi
-import socket, sys
+        if python3 - "$2" "${certdir:+$certdir/cert.pem}" "$1" <<'PY' 2>/dev/null; then return 0; fi
+import socket, ssl, sys
 s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=1)
+if sys.argv[3] == "kv-tls":
+    s = ssl.create_default_context(cafile=sys.argv[2]).wrap_socket(s, server_hostname="127.0.0.1")
 s.sendall(b"version\r\n")
 assert s.recv(100).startswith(b"VERSION")
 PY
@@ -88,12 +136,20 @@ PY
 
 # shellcheck source=scripts/lib/ab-load.sh
 . scripts/lib/ab-load.sh
-ab_run kv memcached start_server stop_server server_pid
+if [ "$MODE" = tls ]; then
+    A=kv-tls B=kv
+else
+    A=kv B=memcached
+fi
+ab_run "$A" "$B" start_server stop_server server_pid
 
 table=$(
-    ab_table kv memcached server
+    ab_table "$A" "$B" server
     echo
     echo "$THREADS server threads, $CONNS connections, 1:9 set:get, 100k keys, 100-byte values;"
+    if [ "$MODE" = tls ]; then
+        echo "kv-tls: TLS 1.3 (rustls, ring; P-256 certificate), handshakes outside the measured window;"
+    fi
     echo "medians of $ROUNDS runs of ${SECS} s each, servers alternated; $(nproc) cores, loopback."
 )
 echo "$table"

@@ -54,6 +54,7 @@ chmod 644 "$dir/auth"
 # A throwaway self-signed certificate for 127.0.0.1.
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
     -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 \
+    -addext basicConstraints=critical,CA:FALSE \
     -keyout "$dir/key.pem" -out "$dir/cert.pem" 2>/dev/null
 chmod 644 "$dir/key.pem" "$dir/cert.pem"
 
