@@ -37,13 +37,17 @@
 //!   `settings`, `items`, `slabs`, `sizes`, `conns`); values are kv's own.
 //!   kv has no slab allocator: `items` and `slabs` group items by the class
 //!   memcached would use, and counters kv does not keep read 0 (see
-//!   `stats.rs`). `stats detail on|off|dump` is not supported (kv keeps no
-//!   per-prefix counters).
+//!   `stats.rs`). `stats conns` lists the listener as id 0 (memcached
+//!   uses its socket number). `stats detail on|off|dump` is not supported
+//!   (kv keeps no per-prefix counters).
 //! - **Meta `E` flag.** kv accepts `E` (use this CAS unique) on `ms`,
 //!   `ma`, `mg` with `N` and `md` with `I`, as memcached's protocol.txt
 //!   defines it; Debian's memcached 1.6.18 predates it and answers
 //!   `CLIENT_ERROR invalid flag` (or, for `md` and `ma`, `CLIENT_ERROR
 //!   invalid or duplicate flag`).
+//! - **A refused quiet `ms`.** When memcached 1.6.18 refuses an `ms` that
+//!   carries `q` (a bad flag, say), the quiet mode leaks into the next
+//!   command, whose reply is dropped too; kv answers the next command.
 //! - **Meta state and the log.** The fetched, stale and win-token bits of
 //!   the meta protocol are kept in memory only; after a restart from
 //!   `--aof`, items read as fresh and unfetched.
