@@ -402,3 +402,45 @@ fn serve(
     log::info!("server stopped: {summary:?}");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn extended_options() {
+        let ext = parse_extended(&["ssl_chain_cert=/a.pem,ssl_key=/b.pem".to_string()]).unwrap();
+        assert_eq!(ext.ssl_chain_cert.as_deref(), Some(Path::new("/a.pem")));
+        assert_eq!(ext.ssl_key.as_deref(), Some(Path::new("/b.pem")));
+        // Several -o flags add up; a later value wins.
+        let ext = parse_extended(&[
+            "ssl_chain_cert=/a.pem".to_string(),
+            "ssl_chain_cert=/c.pem".to_string(),
+        ])
+        .unwrap();
+        assert_eq!(ext.ssl_chain_cert.as_deref(), Some(Path::new("/c.pem")));
+        assert!(ext.ssl_key.is_none());
+        let err = parse_extended(&["hashpower=20".to_string()]).unwrap_err();
+        assert!(err
+            .to_string()
+            .contains("unsupported -o option 'hashpower'"));
+        let err = parse_extended(&["ssl_key".to_string()]).unwrap_err();
+        assert!(err.to_string().contains("needs a file name"));
+    }
+
+    #[test]
+    fn tls_needs_a_certificate_and_a_matching_key() {
+        let args = |extra: &[&str]| {
+            let mut v = vec!["kv", "-p", "0"];
+            v.extend_from_slice(extra);
+            Args::parse_from(v)
+        };
+        let err = run(args(&["-Z"])).unwrap_err();
+        assert!(err.to_string().contains("-Z needs a certificate"), "{err}");
+        let err = run(args(&["-o", "ssl_chain_cert=/nonexistent.pem"])).unwrap_err();
+        assert!(err.to_string().contains("without -Z"), "{err}");
+        let err = run(args(&["-Z", "-o", "ssl_chain_cert=/nonexistent/cert.pem"])).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/cert.pem"), "{err}");
+    }
+}
