@@ -51,6 +51,17 @@
 //! - **Meta state and the log.** The fetched, stale and win-token bits of
 //!   the meta protocol are kept in memory only; after a restart from
 //!   `--aof`, items read as fresh and unfetched.
+//! - **Authentication (`-Y`).** `scripts/security-compare.sh` checks the
+//!   handshake byte for byte. Two differences: when several requests reach
+//!   memcached in one read before authentication it answers only the last
+//!   (the others' replies are overwritten), where kv answers each; and
+//!   memcached with `-Y` reads a binary request as text, where kv refuses
+//!   it with the binary status `0x20` and closes the connection.
+//! - **TLS (`-Z`).** One byte that cannot start a TLS record closes the
+//!   connection at once (OpenSSL waits for a whole record header first);
+//!   a handshake record too malformed to parse gets no alert from rustls
+//!   (a client with no cipher in common does get one). The certificate is
+//!   reloaded on SIGHUP rather than by memcached's `refresh_certs`.
 //! - **Version.** `version` reports `1.6.0-weave-kv-…`.
 
 mod aof;
