@@ -64,17 +64,17 @@
 //!   reloaded on SIGHUP rather than by memcached's `refresh_certs`.
 //! - **Version.** `version` reports `1.6.0-weave-kv-…`.
 
-mod aof;
-mod auth;
-mod binary;
-mod conn;
+pub(crate) mod aof;
+pub(crate) mod auth;
+pub(crate) mod binary;
+pub(crate) mod conn;
 #[cfg(test)]
-mod fuzz;
-mod meta;
-mod stats;
-mod store;
-mod text;
-mod tls;
+pub(crate) mod fuzz;
+pub(crate) mod meta;
+pub(crate) mod stats;
+pub(crate) mod store;
+pub(crate) mod text;
+pub(crate) mod tls;
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -209,7 +209,7 @@ fn parse_extended(opts: &[String]) -> io::Result<Extended> {
     Ok(ext)
 }
 
-fn main() {
+pub(crate) fn main() {
     let args = Args::parse();
     let level = match args.verbose {
         0 => "warn",

@@ -65,10 +65,10 @@
 //! memcached does), so a backend connection never loses track of where its
 //! replies are.
 
-mod batch;
-mod mux;
-mod parse;
-mod ring;
+pub(crate) mod batch;
+pub(crate) mod mux;
+pub(crate) mod parse;
+pub(crate) mod ring;
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
@@ -85,25 +85,25 @@ use crate::parse::{parse_one, Batch, Input, Parsed};
 use crate::ring::Ring;
 
 /// Points each backend owns on the ring.
-const POINTS_PER_BACKEND: usize = 160;
+pub(crate) const POINTS_PER_BACKEND: usize = 160;
 /// Longest command line (other than `get`/`gets`).
-const MAX_LINE: usize = 2048;
+pub(crate) const MAX_LINE: usize = 2048;
 /// Longest `get`/`gets` line.
-const MAX_GET_LINE: usize = 64 * 1024;
+pub(crate) const MAX_GET_LINE: usize = 64 * 1024;
 /// Longest key.
-const KEY_MAX: usize = 250;
+pub(crate) const KEY_MAX: usize = 250;
 /// Longest reply line accepted from a backend (other than `VALUE`).
-const MAX_REPLY_LINE: usize = 1024;
+pub(crate) const MAX_REPLY_LINE: usize = 1024;
 /// Most requests handled in one batch.
-const BATCH_OPS: usize = 64;
+pub(crate) const BATCH_OPS: usize = 64;
 /// Most request bytes queued for the backends in one batch (the first
 /// request is always taken, however big).
-const BATCH_BYTES: usize = 64 * 1024;
+pub(crate) const BATCH_BYTES: usize = 64 * 1024;
 /// Client output is written once this much is queued, even mid-batch.
-const OUTPUT_FLUSH_AT: usize = 256 * 1024;
+pub(crate) const OUTPUT_FLUSH_AT: usize = 256 * 1024;
 
-const UNAVAILABLE: &[u8] = b"SERVER_ERROR backend unavailable\r\n";
-const BAD_FORMAT: &[u8] = b"CLIENT_ERROR bad command line format\r\n";
+pub(crate) const UNAVAILABLE: &[u8] = b"SERVER_ERROR backend unavailable\r\n";
+pub(crate) const BAD_FORMAT: &[u8] = b"CLIENT_ERROR bad command line format\r\n";
 
 /// A memcached text-protocol proxy: keys are spread over the backends by
 /// consistent hashing.
@@ -152,7 +152,7 @@ struct Backend {
 
 /// Everything the connections share.
 #[derive(Debug)]
-struct Proxy {
+pub(crate) struct Proxy {
     ring: Ring,
     backends: Vec<Backend>,
     io_timeout: Duration,
@@ -270,7 +270,7 @@ fn handle(p: &Arc<Proxy>, mut client: Conn) -> io::Result<()> {
     }
 }
 
-fn main() {
+pub(crate) fn main() {
     let args = Args::parse();
     let level = match args.verbose {
         0 => "warn",
