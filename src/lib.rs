@@ -119,7 +119,9 @@ pub mod server;
 pub mod sync;
 pub mod time;
 
-pub use fiber::{current, park, park_timeout, scope, spawn, yield_now, Fiber, FiberId, JoinHandle};
+pub use fiber::{
+    current, park, park_timeout, scope, spawn, spawn_local, yield_now, Fiber, FiberId, JoinHandle,
+};
 pub use runtime::{Handle, Runtime};
 pub use select::Select;
 pub use server::{Conn, Server, ServerHandle};

@@ -412,6 +412,39 @@ where
     }
 }
 
+/// Spawns a fiber on the caller's worker, where it stays: it is never
+/// stolen by another worker, even before it starts. For per-worker services
+/// (one backend connection per worker, a per-worker cache) whose placement
+/// must not depend on which worker happens to steal the fiber.
+///
+/// # Panics
+///
+/// Panics when called outside a fiber or worker thread (there is no current
+/// worker); see [`runtime::current_worker`](crate::runtime::current_worker).
+///
+/// # Examples
+///
+/// ```
+/// let rt = weave::Runtime::builder().workers(4).build()?;
+/// rt.block_on(|| {
+///     let here = weave::runtime::current_worker();
+///     let there = weave::spawn_local(weave::runtime::current_worker).join().unwrap();
+///     assert_eq!(here, there);
+/// });
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub fn spawn_local<F, T>(f: F) -> JoinHandle<T>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    let (shared, index) = context::with_worker(|w| w.map(|w| (w.shared.clone(), w.index)))
+        .expect("weave::spawn_local called outside a weave worker (use weave::spawn)");
+    Builder::new()
+        .spawn_inner(&shared, Some(index), f)
+        .expect("spawning a fiber with default settings cannot fail")
+}
+
 struct PacketState<T> {
     result: Option<thread::Result<T>>,
     waiter: Option<Unparker>,

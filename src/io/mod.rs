@@ -504,8 +504,26 @@ impl<S: mio::event::Source + AsRawFd> IoSource<S> {
     }
 }
 
+impl<S: mio::event::Source + AsRawFd> IoSource<S> {
+    /// Deregisters the socket and gives it back, open.
+    pub(crate) fn into_source(self) -> S {
+        let mut this = std::mem::ManuallyDrop::new(self);
+        this.deregister();
+        // SAFETY: `this` is never used or dropped again; the registration
+        // was taken out above, so the cell left behind owns nothing.
+        unsafe { std::ptr::read(&this.source) }
+    }
+}
+
 impl<S: mio::event::Source + AsRawFd> Drop for IoSource<S> {
     fn drop(&mut self) {
+        self.deregister();
+    }
+}
+
+impl<S: mio::event::Source + AsRawFd> IoSource<S> {
+    /// Takes the socket out of its poller, if it was registered.
+    fn deregister(&mut self) {
         let Some(reg) = self.reg.take() else {
             return;
         };

@@ -114,10 +114,83 @@ macro_rules! impl_read_write {
 }
 pub(crate) use impl_read_write;
 
+/// Implements the descriptor traits and the std conversions for a socket
+/// type whose `io` field is an `IoSource<$mio>` and which has a
+/// `from_mio($mio) -> Self` constructor: `AsFd`, `AsRawFd`, `IntoRawFd`,
+/// `FromRawFd`, `From<$std>` and `into_std`.
+macro_rules! impl_fd {
+    ($t:ident, $std:ty, $mio:ty) => {
+        impl ::std::os::fd::AsRawFd for $t {
+            fn as_raw_fd(&self) -> ::std::os::fd::RawFd {
+                self.io.raw_fd()
+            }
+        }
+
+        impl ::std::os::fd::AsFd for $t {
+            fn as_fd(&self) -> ::std::os::fd::BorrowedFd<'_> {
+                // SAFETY: the descriptor stays open as long as `self`, which
+                // the returned borrow cannot outlive.
+                unsafe { ::std::os::fd::BorrowedFd::borrow_raw(self.io.raw_fd()) }
+            }
+        }
+
+        impl ::std::os::fd::IntoRawFd for $t {
+            /// Takes the socket out of its poller and gives up ownership of
+            /// the descriptor, still in non-blocking mode.
+            fn into_raw_fd(self) -> ::std::os::fd::RawFd {
+                ::std::os::fd::IntoRawFd::into_raw_fd(self.io.into_source())
+            }
+        }
+
+        impl ::std::os::fd::FromRawFd for $t {
+            /// Takes ownership of `fd`, switching it to non-blocking mode.
+            ///
+            /// # Safety
+            ///
+            /// `fd` must be an open socket of this type that the caller owns.
+            unsafe fn from_raw_fd(fd: ::std::os::fd::RawFd) -> $t {
+                // SAFETY: passed on from the caller.
+                <$t>::from(unsafe { <$std as ::std::os::fd::FromRawFd>::from_raw_fd(fd) })
+            }
+        }
+
+        impl ::std::convert::From<$std> for $t {
+            /// Wraps a std socket, switching it to non-blocking mode (a
+            /// failure to switch, which only a descriptor that is not a
+            /// socket can cause, is ignored: every operation checks
+            /// readiness).
+            fn from(s: $std) -> $t {
+                let _ = s.set_nonblocking(true);
+                <$t>::from_mio(<$mio>::from_std(s))
+            }
+        }
+
+        impl $t {
+            /// Converts into the std type: the socket leaves its poller and
+            /// goes back to blocking mode. Timeouts set on this value are
+            /// not carried over (set them again on the std socket).
+            ///
+            /// # Errors
+            ///
+            /// If the socket cannot be switched back to blocking mode.
+            pub fn into_std(self) -> ::std::io::Result<$std> {
+                let fd = ::std::os::fd::IntoRawFd::into_raw_fd(self);
+                // SAFETY: `fd` was just released by this socket, which owned it.
+                let s = unsafe { <$std as ::std::os::fd::FromRawFd>::from_raw_fd(fd) };
+                s.set_nonblocking(false)?;
+                Ok(s)
+            }
+        }
+    };
+}
+pub(crate) use impl_fd;
+
 /// An optional timeout stored in an atomic (nanoseconds, 0 = none), so a
-/// socket shared by reference between fibers can change it.
+/// socket shared by reference between fibers can change it. Clones made with
+/// [`share`](Self::share) see one value, as duplicated descriptors share
+/// `SO_RCVTIMEO` in std.
 #[derive(Debug, Default)]
-pub(crate) struct AtomicTimeout(AtomicU64);
+pub(crate) struct AtomicTimeout(std::sync::Arc<AtomicU64>);
 
 impl AtomicTimeout {
     pub(crate) fn set(&self, d: Option<Duration>) -> io::Result<()> {
@@ -133,6 +206,11 @@ impl AtomicTimeout {
         };
         self.0.store(nanos, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// The same timeout, for a clone of the socket.
+    pub(crate) fn share(&self) -> AtomicTimeout {
+        AtomicTimeout(self.0.clone())
     }
 
     pub(crate) fn get(&self) -> Option<Duration> {

@@ -1,7 +1,7 @@
 use std::fmt;
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
+use std::os::fd::{FromRawFd, IntoRawFd, RawFd};
 use std::time::{Duration, Instant};
 
 use super::{dup_fd, each_addr, first_ok, resolve_offloaded, AtomicTimeout};
@@ -222,11 +222,7 @@ fn sockaddr_of(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     (storage, len as libc::socklen_t)
 }
 
-impl AsRawFd for TcpListener {
-    fn as_raw_fd(&self) -> RawFd {
-        self.io.raw_fd()
-    }
-}
+super::impl_fd!(TcpListener, std::net::TcpListener, mio::net::TcpListener);
 
 /// Iterator returned by [`TcpListener::incoming`].
 #[derive(Debug)]
@@ -442,8 +438,10 @@ impl TcpStream {
         self.io.get_ref().take_error()
     }
 
-    /// A second handle to the same connection (a duplicated descriptor),
-    /// with the same timeouts.
+    /// A second handle to the same connection (a duplicated descriptor).
+    /// The read and write timeouts are shared with it, as std's clones
+    /// share `SO_RCVTIMEO`/`SO_SNDTIMEO`: setting one on either handle
+    /// changes both.
     ///
     /// # Errors
     ///
@@ -452,9 +450,10 @@ impl TcpStream {
         let fd = dup_fd(self.io.raw_fd())?;
         // SAFETY: `fd` is a fresh, owned duplicate of a connected TCP socket.
         let s = unsafe { mio::net::TcpStream::from_raw_fd(fd.into_raw_fd()) };
-        let clone = Self::from_mio(s);
-        clone.read_timeout.set(self.read_timeout.get())?;
-        clone.write_timeout.set(self.write_timeout.get())?;
+        let mut clone = Self::from_mio(s);
+        // Shared, as duplicated descriptors share `SO_RCVTIMEO` in std.
+        clone.read_timeout = self.read_timeout.share();
+        clone.write_timeout = self.write_timeout.share();
         Ok(clone)
     }
 
@@ -509,11 +508,7 @@ impl TcpStream {
 
 crate::net::impl_read_write!(TcpStream);
 
-impl AsRawFd for TcpStream {
-    fn as_raw_fd(&self) -> RawFd {
-        self.io.raw_fd()
-    }
-}
+super::impl_fd!(TcpStream, std::net::TcpStream, mio::net::TcpStream);
 
 super::readiness!(TcpListener);
 super::readiness!(TcpStream);

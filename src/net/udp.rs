@@ -1,7 +1,7 @@
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::os::fd::{AsRawFd, RawFd};
+
 use std::time::Duration;
 
 use super::{each_addr, AtomicTimeout};
@@ -48,11 +48,15 @@ impl UdpSocket {
     ///
     /// The last address's error.
     pub fn bind<A: ToSocketAddrs>(addr: A) -> io::Result<UdpSocket> {
-        each_addr(addr, |a| mio::net::UdpSocket::bind(*a)).map(|s| UdpSocket {
+        each_addr(addr, |a| mio::net::UdpSocket::bind(*a)).map(Self::from_mio)
+    }
+
+    fn from_mio(s: mio::net::UdpSocket) -> UdpSocket {
+        UdpSocket {
             io: IoSource::new(s),
             read_timeout: AtomicTimeout::default(),
             write_timeout: AtomicTimeout::default(),
-        })
+        }
     }
 
     /// Sends a datagram to `target`.
@@ -182,10 +186,6 @@ impl UdpSocket {
     }
 }
 
-impl AsRawFd for UdpSocket {
-    fn as_raw_fd(&self) -> RawFd {
-        self.io.raw_fd()
-    }
-}
+super::impl_fd!(UdpSocket, std::net::UdpSocket, mio::net::UdpSocket);
 
 super::readiness!(UdpSocket);

@@ -1,7 +1,7 @@
 use std::fmt;
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::net::Shutdown;
-use std::os::fd::{AsRawFd, RawFd};
+
 use std::os::unix::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -55,9 +55,13 @@ impl UnixListener {
     /// `bind(2)` errors, such as `AddrInUse` when the file exists.
     pub fn bind<P: AsRef<Path>>(path: P) -> io::Result<UnixListener> {
         crate::sys::ignore_sigpipe();
-        Ok(UnixListener {
-            io: IoSource::new(mio::net::UnixListener::bind(path)?),
-        })
+        Ok(Self::from_mio(mio::net::UnixListener::bind(path)?))
+    }
+
+    fn from_mio(l: mio::net::UnixListener) -> UnixListener {
+        UnixListener {
+            io: IoSource::new(l),
+        }
     }
 
     /// Accepts a connection, parking the fiber until one arrives.
@@ -80,11 +84,11 @@ impl UnixListener {
     }
 }
 
-impl AsRawFd for UnixListener {
-    fn as_raw_fd(&self) -> RawFd {
-        self.io.raw_fd()
-    }
-}
+super::impl_fd!(
+    UnixListener,
+    std::os::unix::net::UnixListener,
+    mio::net::UnixListener
+);
 
 /// A Unix domain stream connection. `Read` and `Write` are implemented for
 /// `UnixStream` and `&UnixStream`.
@@ -231,11 +235,11 @@ impl UnixStream {
 
 crate::net::impl_read_write!(UnixStream);
 
-impl AsRawFd for UnixStream {
-    fn as_raw_fd(&self) -> RawFd {
-        self.io.raw_fd()
-    }
-}
+super::impl_fd!(
+    UnixStream,
+    std::os::unix::net::UnixStream,
+    mio::net::UnixStream
+);
 
 super::readiness!(UnixListener);
 super::readiness!(UnixStream);

@@ -243,6 +243,24 @@ pub(crate) fn schedule_started(fiber: FiberRef) {
     }
 }
 
+/// The index of the worker the caller runs on (a fiber, or code on a worker
+/// thread), from 0 to the runtime's worker count; `None` on a plain thread.
+/// A started fiber never changes worker, so the answer holds for the rest of
+/// the fiber's life.
+///
+/// # Examples
+///
+/// ```
+/// let rt = weave::Runtime::builder().workers(2).build()?;
+/// let w = rt.block_on(weave::runtime::current_worker);
+/// assert!(w.is_some_and(|w| w < 2));
+/// assert_eq!(weave::runtime::current_worker(), None);
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub fn current_worker() -> Option<usize> {
+    context::with_worker(|w| w.map(|w| w.index))
+}
+
 /// Configures and builds a [`Runtime`].
 ///
 /// # Examples

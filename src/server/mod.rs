@@ -127,6 +127,7 @@ pub struct Builder {
     stack_size: Option<usize>,
     reuseport: bool,
     handle_signals: bool,
+    runtime: Option<crate::Handle>,
     config: Config,
 }
 
@@ -147,6 +148,7 @@ impl Builder {
             stack_size: None,
             reuseport: true,
             handle_signals: true,
+            runtime: None,
             config: Config {
                 max_connections: 10_000,
                 idle_timeout: None,
@@ -212,6 +214,32 @@ impl Builder {
         self
     }
 
+    /// Runs the server on the runtime of `handle`, one the caller built
+    /// (with its own worker count, stack size, names) and keeps running
+    /// other fibers on, instead of starting a runtime of its own.
+    /// `workers` and `stack_size` are then ignored. The runtime is the
+    /// caller's: it outlives the server, which only stops its own fibers.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// let rt = weave::Runtime::builder().workers(2).build()?;
+    /// let ticker = rt.spawn(|| loop {
+    ///     weave::sleep(std::time::Duration::from_secs(1));
+    /// });
+    /// let server = weave::Server::builder()
+    ///     .bind("127.0.0.1:7000")
+    ///     .runtime(rt.handle())
+    ///     .build()?;
+    /// server.serve(|_conn| Ok(()))?;
+    /// # drop(ticker);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn runtime(mut self, handle: crate::Handle) -> Builder {
+        self.runtime = Some(handle);
+        self
+    }
+
     /// Turn SIGINT/SIGTERM into a graceful shutdown (default `true`). A
     /// handler installed before (a function, not a default or ignore
     /// disposition) is still called for each signal, and is put back when
@@ -234,15 +262,22 @@ impl Builder {
                 "server has no address to listen on (call bind)",
             ));
         }
-        let mut rt = Runtime::builder().thread_name("weave-server");
-        if let Some(n) = self.workers {
-            rt = rt.workers(n);
-        }
-        if let Some(s) = self.stack_size {
-            rt = rt.stack_size(s);
-        }
-        let runtime = rt.build()?;
-        let workers = runtime.workers();
+        let (runtime, rt) = match self.runtime {
+            Some(handle) => (None, handle),
+            None => {
+                let mut rt = Runtime::builder().thread_name("weave-server");
+                if let Some(n) = self.workers {
+                    rt = rt.workers(n);
+                }
+                if let Some(s) = self.stack_size {
+                    rt = rt.stack_size(s);
+                }
+                let rt = rt.build()?;
+                let handle = rt.handle();
+                (Some(rt), handle)
+            }
+        };
+        let workers = rt.workers();
         let mut listeners = Vec::new();
         for spec in &self.binds {
             match spec {
@@ -256,6 +291,7 @@ impl Builder {
         let state = Arc::new(State::new(self.config));
         Ok(Server {
             runtime,
+            rt,
             listeners,
             state,
             handle_signals: self.handle_signals,
@@ -566,7 +602,10 @@ impl ServerHandle {
 
 /// A bound server, ready to [`serve`](Server::serve).
 pub struct Server {
-    runtime: Runtime,
+    /// The runtime the server started, if it did not get one.
+    runtime: Option<Runtime>,
+    /// The runtime it runs on.
+    rt: crate::Handle,
     listeners: Vec<Listener>,
     state: Arc<State>,
     handle_signals: bool,
@@ -576,7 +615,7 @@ impl fmt::Debug for Server {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Server")
             .field("listeners", &self.listeners)
-            .field("workers", &self.runtime.workers())
+            .field("workers", &self.rt.workers())
             .finish()
     }
 }
@@ -607,6 +646,16 @@ impl Server {
         ServerHandle {
             state: self.state.clone(),
         }
+    }
+
+    /// A handle to the runtime the server will run on, to start background
+    /// fibers there (a hub, a ticker, per-worker services with
+    /// [`Handle::spawn_on_worker`](crate::Handle::spawn_on_worker)) before
+    /// or while it serves, instead of starting a second runtime by accident.
+    /// Those fibers are cancelled when the server returns and its runtime
+    /// shuts down.
+    pub fn runtime_handle(&self) -> crate::Handle {
+        self.rt.clone()
     }
 
     /// Serves connections with `handler`, one fiber per connection, until a
@@ -667,7 +716,7 @@ impl Server {
         N: Fn(&Conn) -> S + Send + Sync + 'static,
         H: Fn(&mut Request<'_, S>) -> io::Result<Next> + Send + Sync + 'static,
     {
-        let workers = self.runtime.workers();
+        let workers = self.rt.workers();
         let mode = request::Mode::new(workers, self.state.clone(), new_state, handler)?;
         let admit_mode = mode.clone();
         let admit: Admit = Arc::new(move |c, _| admit_mode.admit(c));
@@ -681,6 +730,7 @@ impl Server {
     fn run(self, admit: Admit, start: Option<Start>) -> io::Result<Summary> {
         let Server {
             runtime,
+            rt,
             listeners,
             state,
             handle_signals,
@@ -691,8 +741,8 @@ impl Server {
         } else {
             (None, None)
         };
-        let rt_handle = runtime.handle();
-        let summary = runtime.block_on(move || {
+        let rt_handle = rt.clone();
+        let served = rt.spawn(move || {
             *state.controller.lock().unwrap_or_else(|e| e.into_inner()) = Some(crate::current());
             let finish = start.map(|s| s(&rt_handle));
             let wakers: Vec<Wake> = listeners.iter().map(Listener::waker).collect();
@@ -730,6 +780,12 @@ impl Server {
             }
             summary
         });
+        let summary = match served.join() {
+            Ok(summary) => summary,
+            Err(payload) => std::panic::resume_unwind(payload),
+        };
+        // A runtime the server started goes with it (the caller's stays).
+        drop(runtime);
         if let Some(installation) = installation {
             signals::uninstall(installation);
         }
