@@ -17,7 +17,7 @@
 use std::io::{self, Read, Write};
 use std::sync::atomic::Ordering;
 
-use crate::conn::{stats_list, Conn, Ctx, VERSION};
+use crate::conn::{stats_list, Block, Conn, Ctx, VERSION};
 use crate::store::{DeleteStatus, DeltaStatus, Item, Mode, StoreStatus, Value, KEY_MAX};
 
 /// First byte of a request.
@@ -371,10 +371,14 @@ fn request<S: Read + Write>(
         }
         return skip(c, vallen);
     }
-    let mut value = vec![0u8; vallen as usize];
-    if !c.read_exact_into(&mut value)? {
-        return Ok(Flow::Quit);
-    }
+    let value = match c.read_block(vallen as usize)? {
+        Block::Data(v) => v,
+        Block::Eof => return Ok(Flow::Quit),
+        Block::NoMemory => {
+            error(c, h, status::ENOMEM)?;
+            return Ok(Flow::Go);
+        }
+    };
     let quiet = is_quiet(h.opcode);
     let be32 = |b: &[u8]| u32::from_be_bytes(b[..4].try_into().expect("4 bytes"));
     let be64 = |b: &[u8]| u64::from_be_bytes(b[..8].try_into().expect("8 bytes"));

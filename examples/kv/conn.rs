@@ -3,7 +3,7 @@
 //! that picks the protocol from the first byte.
 
 use std::io::{self, Read, Write};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,68 @@ const YIELD_EVERY: usize = 1 << 20;
 /// Values at least this big are written straight from the item instead of
 /// being copied into the output buffer.
 const DIRECT_VALUE: usize = 32 * 1024;
+/// A data block's buffer starts at most this big and doubles as its bytes
+/// arrive, so a header that declares a large value costs nothing until
+/// the value is actually sent.
+const BLOCK_INITIAL: usize = 16 * 1024;
+/// Default for `--buffer-memory`, in bytes.
+pub const BUFFER_BUDGET_DEFAULT: usize = 64 << 20;
+
+/// Memory for request buffers beyond each connection's fixed input buffer
+/// (grown input buffers and data blocks being read), shared by all
+/// connections and bounded apart from the item memory (`-m`). A request
+/// that cannot get its memory is refused, not queued.
+#[derive(Debug)]
+pub struct BufferBudget {
+    limit: usize,
+    used: AtomicUsize,
+}
+
+impl BufferBudget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: usize) -> BufferBudget {
+        BufferBudget {
+            limit,
+            used: AtomicUsize::new(0),
+        }
+    }
+
+    /// Takes `n` bytes if they fit.
+    pub fn try_take(&self, n: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
+                u.checked_add(n).filter(|&t| t <= self.limit)
+            })
+            .is_ok()
+    }
+
+    /// Gives back `n` bytes taken before.
+    pub fn give(&self, n: usize) {
+        self.used.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    /// Bytes in use now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// The budget in bytes.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+}
+
+/// A data block as [`Conn::read_block`] returns it.
+#[derive(Debug)]
+pub enum Block {
+    /// All the bytes, terminator included (the caller checks it).
+    Data(Vec<u8>),
+    /// The buffer budget ran out: the rest of the block was read and
+    /// dropped.
+    NoMemory,
+    /// The stream ended first.
+    Eof,
+}
 
 /// Server-wide state shared by every connection.
 #[derive(Debug)]
@@ -75,6 +137,10 @@ pub struct Ctx {
     /// Values refused as larger than the whole memory limit
     /// (`store_no_memory`).
     pub store_no_memory: AtomicU64,
+    /// Memory for request buffers (`--buffer-memory`).
+    pub buffers: BufferBudget,
+    /// Requests refused because the buffer budget ran out.
+    pub buffer_oom: AtomicU64,
 }
 
 impl Ctx {
@@ -103,6 +169,8 @@ impl Ctx {
             cmd_meta: AtomicU64::new(0),
             store_too_large: AtomicU64::new(0),
             store_no_memory: AtomicU64::new(0),
+            buffers: BufferBudget::new(BUFFER_BUDGET_DEFAULT),
+            buffer_oom: AtomicU64::new(0),
         }
     }
 }
@@ -122,6 +190,11 @@ pub struct Conn<'a, S> {
     unyielded: usize,
     /// When the unfinished request now buffered started to arrive.
     partial_since: Option<Instant>,
+    /// When the request whose line was consumed last began to arrive, if
+    /// it had to wait for more input (its data block's deadline).
+    line_since: Option<Instant>,
+    /// Bytes of input buffer growth taken from the buffer budget.
+    buf_taken: usize,
     /// Replies are dropped (a text command with `noreply`).
     muted: bool,
     /// This connection's entry in `stats conns`, if it has one.
@@ -154,6 +227,8 @@ impl<'a, S: Read + Write> Conn<'a, S> {
             ctx,
             unyielded: 0,
             partial_since: None,
+            line_since: None,
+            buf_taken: 0,
             muted: false,
             stat: None,
             idle_ok: false,
@@ -174,9 +249,21 @@ impl<'a, S: Read + Write> Conn<'a, S> {
         c
     }
 
-    /// Gives back the input buffer (for the server's pool).
-    pub fn into_buffer(self) -> Vec<u8> {
-        self.buf
+    /// Gives back the input buffer (for the server's pool), at its
+    /// initial size: growth taken from the buffer budget is given back.
+    pub fn into_buffer(mut self) -> Vec<u8> {
+        self.shrink_input();
+        std::mem::take(&mut self.buf)
+    }
+
+    /// Returns a grown input buffer to its initial size and its growth to
+    /// the buffer budget.
+    fn shrink_input(&mut self) {
+        if self.buf.len() > INPUT_INITIAL {
+            self.ctx.buffers.give(self.buf_taken);
+            self.buf_taken = 0;
+            self.buf = vec![0; INPUT_INITIAL];
+        }
     }
 
     /// Called by a protocol loop at a request boundary with nothing
@@ -204,8 +291,10 @@ impl<'a, S: Read + Write> Conn<'a, S> {
     /// Marks `n` buffered bytes as consumed.
     pub fn consume(&mut self, n: usize) {
         debug_assert!(n <= self.end - self.start);
-        // Progress: whatever is left is the start of a newer request.
-        self.partial_since = None;
+        // Progress: whatever is left is the start of a newer request (or
+        // the data block of the one just parsed, whose clock started when
+        // its line began to arrive).
+        self.line_since = self.partial_since.take();
         self.start += n;
         if self.start == self.end {
             self.start = 0;
@@ -223,9 +312,7 @@ impl<'a, S: Read + Write> Conn<'a, S> {
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
-            if self.buf.len() > INPUT_INITIAL {
-                self.buf = vec![0; INPUT_INITIAL];
-            }
+            self.shrink_input();
         } else if self.start > 0 && self.buf.len() - self.end < self.buf.len() / 4 {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
@@ -239,6 +326,14 @@ impl<'a, S: Read + Write> Conn<'a, S> {
                     "request larger than the input buffer limit",
                 ));
             }
+            if !self.ctx.buffers.try_take(want - self.buf.len()) {
+                self.ctx.buffer_oom.fetch_add(1, Ordering::Relaxed);
+                return Err(io::Error::new(
+                    io::ErrorKind::OutOfMemory,
+                    "request buffer memory exhausted (--buffer-memory)",
+                ));
+            }
+            self.buf_taken += want - self.buf.len();
             self.buf.resize(want, 0);
             #[cfg(test)]
             {
@@ -315,6 +410,109 @@ impl<'a, S: Read + Write> Conn<'a, S> {
             }
         }
         Ok(true)
+    }
+
+    /// Reads a data block of `len` bytes into a buffer of its own that
+    /// grows as the bytes arrive (never more than was sent, and never past
+    /// what the buffer budget grants). The request timeout covers the
+    /// block as it covers the command line. Memory taken from the budget
+    /// is given back before this returns: the block then belongs to the
+    /// caller (and, once stored, to the store's accounting).
+    pub fn read_block(&mut self, len: usize) -> io::Result<Block> {
+        let mut v: Vec<u8> = Vec::new();
+        let mut taken = 0usize;
+        let r = self.read_block_into(&mut v, &mut taken, len);
+        self.ctx.buffers.give(taken);
+        // The request is whole (or abandoned): the next one starts afresh.
+        self.partial_since = None;
+        self.line_since = None;
+        match r {
+            Ok(true) => Ok(Block::Data(v)),
+            Ok(false) => Ok(Block::Eof),
+            Err(e) if e.kind() == io::ErrorKind::OutOfMemory => {
+                self.ctx.buffer_oom.fetch_add(1, Ordering::Relaxed);
+                let left = (len - v.len()) as u64;
+                drop(v);
+                Ok(if self.discard(left)? {
+                    Block::NoMemory
+                } else {
+                    Block::Eof
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn read_block_into(
+        &mut self,
+        v: &mut Vec<u8>,
+        taken: &mut usize,
+        len: usize,
+    ) -> io::Result<bool> {
+        while v.len() < len {
+            if self.start == self.end {
+                self.flush()?;
+                self.check_request_deadline_block()?;
+            }
+            if v.len() == v.capacity() {
+                let want = (v.capacity() * 2).clamp(BLOCK_INITIAL.min(len), len);
+                let extra = want - v.capacity();
+                if !self.ctx.buffers.try_take(extra) {
+                    return Err(io::Error::new(io::ErrorKind::OutOfMemory, "buffer budget"));
+                }
+                *taken += extra;
+                v.reserve_exact(want - v.len());
+            }
+            let room = v.capacity().min(len) - v.len();
+            if self.start < self.end {
+                let n = (self.end - self.start).min(room);
+                v.extend_from_slice(&self.buf[self.start..self.start + n]);
+                self.start += n;
+                if self.start == self.end {
+                    self.start = 0;
+                    self.end = 0;
+                }
+                continue;
+            }
+            let old = v.len();
+            v.resize(old + room, 0);
+            let n = loop {
+                match self.stream.read(&mut v[old..]) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        v.truncate(old);
+                        return Err(e);
+                    }
+                }
+            };
+            v.truncate(old + n);
+            if n == 0 {
+                return Ok(false);
+            }
+            self.read_done(n);
+            self.read_any = true;
+        }
+        Ok(true)
+    }
+
+    /// The request deadline while a data block arrives: the block is part
+    /// of its request, so the clock started by the command line runs on.
+    fn check_request_deadline_block(&mut self) -> io::Result<()> {
+        let limit = self.ctx.request_timeout;
+        if limit.is_zero() {
+            return Ok(());
+        }
+        let since = *self
+            .partial_since
+            .get_or_insert_with(|| self.line_since.unwrap_or_else(Instant::now));
+        if since.elapsed() > limit {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "request not complete within the request timeout",
+            ));
+        }
+        Ok(())
     }
 
     /// Reads and drops `n` bytes of input with bounded memory. Returns false
@@ -415,6 +613,12 @@ impl<'a, S: Read + Write> Conn<'a, S> {
     }
 }
 
+impl<S> Drop for Conn<'_, S> {
+    fn drop(&mut self) {
+        self.ctx.buffers.give(self.buf_taken);
+    }
+}
+
 /// The general statistics, in memcached 1.6.18's names and order, for
 /// `stats` (text) and STAT (binary). Names of mechanisms kv does not have
 /// (libevent, response objects, read buffers, slab rebalancing, the LRU
@@ -446,9 +650,9 @@ pub fn stats_list(ctx: &Ctx) -> Vec<(&'static str, String)> {
         ("response_obj_count", zero()),
         ("response_obj_bytes", zero()),
         ("read_buf_count", zero()),
-        ("read_buf_bytes", zero()),
+        ("read_buf_bytes", ctx.buffers.used().to_string()),
         ("read_buf_bytes_free", zero()),
-        ("read_buf_oom", zero()),
+        ("read_buf_oom", g(&ctx.buffer_oom)),
         ("reserved_fds", zero()),
         ("cmd_get", g(&s.cmd_get)),
         ("cmd_set", g(&s.cmd_set)),
@@ -878,5 +1082,43 @@ mod tests {
         assert!(!c.discard(1 << 21).unwrap(), "runs out of input");
         c.put(b"x");
         assert_eq!(c.pending(), b"x");
+    }
+
+    #[test]
+    fn blocks_grow_as_they_arrive_and_give_the_budget_back() {
+        let mut ctx = ctx();
+        ctx.buffers = BufferBudget::new(256 * 1024);
+        let mut input = b"set k 0 0 5\r\n".to_vec();
+        input.extend_from_slice(&vec![b'v'; 200_000]);
+        let mut m = Mock::new(&input, 1000);
+        let mut c = Conn::new(&mut m, &ctx);
+        assert!(c.fill(INPUT_INITIAL).unwrap());
+        c.consume(13);
+        match c.read_block(100_000).unwrap() {
+            Block::Data(v) => {
+                assert_eq!(v.len(), 100_000);
+                assert!(v.capacity() <= 100_000 + 16, "no slack past the block");
+                assert!(v.iter().all(|&b| b == b'v'));
+            }
+            other => panic!("expected data, got {other:?}"),
+        }
+        assert_eq!(ctx.buffers.used(), 0);
+        // Over the budget: refused, the rest of the block dropped.
+        match c.read_block(100_001).unwrap() {
+            Block::Eof => {}
+            other => panic!("the input ends inside the block: {other:?}"),
+        }
+        assert_eq!(ctx.buffers.used(), 0);
+        let mut m = Mock::new(&vec![b'w'; 400_000], 4096);
+        let mut c = Conn::new(&mut m, &ctx);
+        assert!(matches!(c.read_block(300_000).unwrap(), Block::NoMemory));
+        assert_eq!(ctx.buffer_oom.load(Ordering::Relaxed), 1);
+        assert_eq!(ctx.buffers.used(), 0);
+        let mut rest = vec![0u8; 100_000];
+        assert!(
+            c.read_exact_into(&mut rest).unwrap(),
+            "only the block was dropped"
+        );
+        assert!(!c.discard(1).unwrap());
     }
 }

@@ -101,9 +101,17 @@ struct Args {
     /// Worker threads (default: one per core).
     #[arg(short = 't', long = "threads")]
     threads: Option<usize>,
-    /// Memory for items, in MiB.
+    /// Memory for items, in MiB: every byte an item costs (its
+    /// allocations as the allocator rounds them, and its share of the
+    /// index) is charged against it.
     #[arg(short = 'm', long = "memory-limit", default_value_t = 64)]
     memory_limit: usize,
+    /// Memory for request buffers beyond each connection's fixed 16 KiB
+    /// input buffer (long command lines, data blocks as they arrive), in
+    /// MiB, shared by all connections and separate from -m. A request
+    /// that does not fit is refused with an out-of-memory error.
+    #[arg(long, default_value_t = 64)]
+    buffer_memory: usize,
     /// Largest value, in bytes; accepts k and m suffixes (1m, 512k).
     #[arg(short = 'I', long = "max-item-size", default_value = "1m", value_parser = parse_size)]
     max_item_size: usize,
@@ -267,6 +275,7 @@ fn run(args: Args) -> io::Result<()> {
     ctx.threads = threads;
     ctx.max_conns = args.conn_limit;
     ctx.request_timeout = Duration::from_secs(args.request_timeout);
+    ctx.buffers = conn::BufferBudget::new(args.buffer_memory << 20);
     ctx.idle_timeout = args.idle_timeout;
     ctx.verbosity = AtomicU32::new(args.verbose as u32);
     if let Some(path) = &args.auth_file {

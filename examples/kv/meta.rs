@@ -24,7 +24,7 @@
 use std::io::{self, Read, Write};
 use std::sync::atomic::Ordering;
 
-use crate::conn::{Conn, Ctx};
+use crate::conn::{Block, Conn, Ctx};
 use crate::stats;
 use crate::store::{
     DeleteStatus, DeltaStatus, MetaGetOpts, Mode, SetOpts, StoreStatus, Value, KEY_MAX,
@@ -372,15 +372,19 @@ fn set<'a, S: Read + Write>(
         }
         return c.discard(block);
     }
-    let mut value = vec![0u8; len as usize];
-    let mut term = [0u8; 2];
-    if !c.read_exact_into(&mut value)? || !c.read_exact_into(&mut term)? {
-        return Ok(false);
-    }
-    if &term != b"\r\n" {
+    let mut value = match c.read_block(block as usize)? {
+        Block::Data(v) => v,
+        Block::Eof => return Ok(false),
+        Block::NoMemory => {
+            c.put(b"SERVER_ERROR out of memory reading request\r\n");
+            return Ok(true);
+        }
+    };
+    if !value.ends_with(b"\r\n") {
         c.put(b"CLIENT_ERROR bad data chunk\r\n");
         return Ok(true);
     }
+    value.truncate(len as usize);
     let compare: Option<u64> = num(&flags, b'C');
     let mode = match (mode, compare) {
         (Mode::Set, Some(cas)) => Mode::Cas(cas),

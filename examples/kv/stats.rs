@@ -212,7 +212,7 @@ pub fn settings(ctx: &Ctx) -> List {
         ("idle_timeout", s(ctx.idle_timeout)),
         ("watcher_logbuf_size", s(0)),
         ("worker_logbuf_size", s(0)),
-        ("read_buf_mem_limit", s(0)),
+        ("read_buf_mem_limit", s(ctx.buffers.limit() >> 20)),
         ("track_sizes", s("no")),
         ("inline_ascii_response", s("no")),
         ("ext_item_size", s(0)),

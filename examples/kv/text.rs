@@ -42,7 +42,7 @@
 use std::io::{self, Read, Write};
 use std::sync::atomic::Ordering;
 
-use crate::conn::{reset_stats, stats_list, Conn, Ctx, VERSION};
+use crate::conn::{reset_stats, stats_list, Block, Conn, Ctx, VERSION};
 use crate::store::{DeleteStatus, DeltaStatus, Mode, StoreStatus, Value, KEY_MAX};
 use crate::{meta, stats};
 
@@ -408,15 +408,19 @@ fn storage<'a, S: Read + Write>(
         }
         return swallow(c, block);
     }
-    let mut value = vec![0u8; len as usize];
-    let mut term = [0u8; 2];
-    if !c.read_exact_into(&mut value)? || !c.read_exact_into(&mut term)? {
-        return Ok(Flow::Quit);
-    }
-    if &term != b"\r\n" {
+    let mut value = match c.read_block(block as usize)? {
+        Block::Data(v) => v,
+        Block::Eof => return Ok(Flow::Quit),
+        Block::NoMemory => {
+            c.put(b"SERVER_ERROR out of memory reading request\r\n");
+            return Ok(Flow::Go);
+        }
+    };
+    if !value.ends_with(b"\r\n") {
         c.put(b"CLIENT_ERROR bad data chunk\r\n");
         return Ok(Flow::Go);
     }
+    value.truncate(len as usize);
     let mode = if is_cas { Mode::Cas(cas) } else { mode };
     let reply: &[u8] = match ctx
         .store

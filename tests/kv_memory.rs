@@ -1,0 +1,95 @@
+//! The kv example's memory promises, measured from outside: request
+//! buffers grow only as bytes arrive and stay within `--buffer-memory`,
+//! the request timeout covers a data block, and `-m` bounds what the
+//! process holds. Bounds are generous (a fixed base for code, stacks and
+//! allocator slack); nothing depends on how fast the machine is.
+
+mod kv_common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::thread;
+use std::time::Duration;
+
+use kv_common::Server;
+
+#[test]
+fn declared_lengths_cost_nothing_until_their_bytes_arrive() {
+    // Twenty headers that each declare 60 MB and send ten bytes of it: a
+    // buffer sized by the header would need 1.2 GB of a 1 MiB budget.
+    let s = Server::start(&["-I", "64m", "--buffer-memory", "1", "-t", "2"]);
+    let mut open: Vec<kv_common::Client> = (0..20).map(|_| s.connect()).collect();
+    for c in open.iter_mut() {
+        c.send("set big 0 0 60000000\r\n0123456789");
+    }
+    let mut probe = s.connect();
+    // The server has read the headers once the bytes it read cover them.
+    let sent = 20 * ("set big 0 0 60000000\r\n".len() + 10) as u64;
+    let seen = (0..2_000).any(|_| {
+        thread::sleep(Duration::from_millis(5));
+        probe.stat("bytes_read") >= sent
+    });
+    assert!(seen, "the server never read the headers");
+    let held = probe.stat("read_buf_bytes");
+    assert!(
+        held <= 20 * 16 * 1024,
+        "{held} bytes of request buffers for 200 bytes of data"
+    );
+    assert_eq!(probe.stat("read_buf_oom"), 0);
+    drop(open);
+    probe.expect("get big\r\n", "END\r\n");
+}
+
+#[test]
+fn a_value_past_the_buffer_budget_is_refused_and_the_connection_goes_on() {
+    let s = Server::start(&["-I", "8m", "--buffer-memory", "1", "-t", "1"]);
+    let mut c = s.connect();
+    // Fits: 600 KB of a 1 MiB budget.
+    let small = vec![b'a'; 600_000];
+    c.send(format!("set fits 0 0 {}\r\n", small.len()));
+    c.send(&small);
+    c.expect("\r\n", "STORED\r\n");
+    // Does not fit: the block is read and dropped, the client told why.
+    let big = vec![b'b'; 3_000_000];
+    c.send(format!("set huge 0 0 {}\r\n", big.len()));
+    c.send(&big);
+    c.expect("\r\n", "SERVER_ERROR out of memory reading request\r\n");
+    c.expect("get huge\r\n", "END\r\n");
+    assert_eq!(c.stat("read_buf_oom"), 1);
+    assert_eq!(c.stat("read_buf_bytes"), 0, "the budget is given back");
+    c.send("get fits\r\n");
+    assert_eq!(c.line(), "VALUE fits 0 600000\r\n");
+    assert_eq!(c.bytes(600_002)[..600_000], small[..]);
+    assert_eq!(c.line(), "END\r\n");
+}
+
+#[test]
+fn request_timeout_covers_the_data_block() {
+    // The line arrives whole; the data then trickles a byte every 200 ms,
+    // never idle for the 2 s idle timeout, and the 1 s request timeout
+    // closes the connection.
+    let s = Server::start(&["--idle-timeout", "2", "--request-timeout", "1", "-t", "1"]);
+    let mut slow = TcpStream::connect(s.addr).unwrap();
+    slow.write_all(b"set slow 0 0 40\r\n").unwrap();
+    let mut sent = 0;
+    let mut cut = false;
+    for _ in 0..40 {
+        if slow.write_all(b"x").is_err() {
+            cut = true;
+            break;
+        }
+        sent += 1;
+        thread::sleep(Duration::from_millis(200));
+    }
+    if !cut {
+        slow.write_all(b"\r\n").ok();
+        slow.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut b = [0u8; 64];
+        cut = matches!(slow.read(&mut b), Ok(0) | Err(_));
+    }
+    assert!(cut, "a trickled data block was stored after {sent} bytes");
+    assert!(sent < 40, "the block completed before the cut");
+    let mut c = s.connect();
+    c.expect("get slow\r\n", "END\r\n");
+}
