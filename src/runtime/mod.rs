@@ -66,13 +66,22 @@ static HOG_PRINTED: AtomicBool = AtomicBool::new(false);
 
 /// Reports a fiber that ran for `ran` without parking on worker `worker`:
 /// through `log` at `warn` level, and the first time also on stderr when no
-/// logger is installed (see the module docs).
-pub(crate) fn report_hog(name: &str, ran: Duration, worker: usize) {
-    let ms = ran.as_millis();
-    log::warn!(
-        "weave: fiber '{name}' ran for {ms} ms without parking; it delays every fiber on worker {worker}"
-    );
-    if log::max_level() == log::LevelFilter::Off && !HOG_PRINTED.swap(true, Ordering::Relaxed) {
+/// logger is installed (see the module docs). `name` is called only when
+/// the report goes somewhere, so a silenced report allocates nothing.
+pub(crate) fn report_hog(name: impl FnOnce() -> String, ran: Duration, worker: usize) {
+    let to_log = log::log_enabled!(log::Level::Warn);
+    let to_stderr =
+        log::max_level() == log::LevelFilter::Off && !HOG_PRINTED.swap(true, Ordering::Relaxed);
+    if !to_log && !to_stderr {
+        return;
+    }
+    let (name, ms) = (name(), ran.as_millis());
+    if to_log {
+        log::warn!(
+            "weave: fiber '{name}' ran for {ms} ms without parking; it delays every fiber on worker {worker}"
+        );
+    }
+    if to_stderr {
         eprintln!(
             "weave: fiber '{name}' ran for {ms} ms without parking; it delays every fiber on \
              worker {worker} (printed once because no logger is installed; install one, \

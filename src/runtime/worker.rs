@@ -385,7 +385,7 @@ impl Worker {
         #[cfg(debug_assertions)]
         fiber.on_cpu.store(false, Ordering::Release);
         if ran >= self.shared.config.hog_threshold {
-            super::report_hog(&fiber.display_name(), ran, self.index);
+            super::report_hog(|| fiber.display_name(), ran, self.index);
         }
         if matches!(result, Ok(CoroutineResult::Yield(_))) && std::thread::panicking() {
             fiber.control.suspended_unwinding.set(true);
