@@ -59,6 +59,7 @@ fn smoke_reuse() {
             assert_eq!(c.is_reused(), i > 0);
             assert_eq!(*c.key(), addr);
             ping(&mut *c).unwrap();
+            c.done();
         }
         let s = pool.stats(&addr).unwrap();
         assert_eq!(
@@ -95,6 +96,7 @@ fn bounded_open_and_waiters_served() {
                         let n = inside.fetch_add(1, Ordering::SeqCst) + 1;
                         most.fetch_max(n, Ordering::SeqCst);
                         ping(&mut *c).unwrap();
+                        c.done();
                         weave::yield_now();
                         inside.fetch_sub(1, Ordering::SeqCst);
                     }
@@ -148,6 +150,7 @@ fn returned_connection_goes_to_a_waiter() {
         let waiter = weave::spawn(move || {
             let mut c = p2.get(addr).unwrap();
             ping(&mut *c).unwrap();
+            c.done();
             c.is_reused()
         });
         // Return the connection only once the other fiber is waiting.
@@ -168,16 +171,19 @@ fn closed_by_peer_is_not_handed_out() {
         {
             let mut c = pool.get(addr).unwrap();
             ping(&mut *c).unwrap();
+            c.done();
             c.write_all(b"bye!").unwrap();
             // Wait (on a second handle, so the guard sees no error) until
             // the server's close has arrived.
             let probe = c.try_clone().unwrap();
             assert_eq!(probe.peek(&mut [0u8; 1]).unwrap(), 0);
+            c.done(); // claimed complete: the checkout must still notice
         } // returned: looks fine to the guard
         assert_eq!(pool.stats(&addr).unwrap().idle, 1);
         let mut c = pool.get(addr).unwrap();
         assert!(!c.is_reused());
         ping(&mut *c).unwrap();
+        c.done();
         drop(c);
         let s = pool.stats(&addr).unwrap();
         assert_eq!((s.opened, s.reused, s.discarded, s.open), (2, 0, 1, 1));
@@ -308,6 +314,7 @@ fn stress_many_fibers_many_peers() {
                         let addr = addrs[(i + j) % addrs.len()];
                         let mut c = pool.get(addr).unwrap();
                         ping(&mut *c).unwrap();
+                        c.done();
                     }
                 })
             })
@@ -350,6 +357,7 @@ fn works_from_plain_threads() {
                 for _ in 0..20 {
                     let mut c = pool.get(addr).unwrap();
                     ping(&mut *c).unwrap();
+                    c.done();
                 }
             })
         })
@@ -364,4 +372,101 @@ fn works_from_plain_threads() {
     let c: weave::pool::Pooled<SocketAddr> = pool.get(addr).unwrap();
     std::thread::spawn(move || drop(c)).join().unwrap();
     assert_eq!(pool.stats(&addr).unwrap().idle, s.idle);
+}
+
+/// An echo server that holds each reply until the test releases one (a
+/// slow backend): a request abandoned mid-exchange still has its reply on
+/// the way when the connection would be handed out again.
+fn gated_echo_server() -> (SocketAddr, weave::sync::Sender<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (release, gate) = weave::sync::channel::<()>();
+    let gate = Arc::new(weave::sync::Mutex::new(gate));
+    weave::spawn(move || loop {
+        let Ok((mut conn, _)) = listener.accept() else {
+            return;
+        };
+        let gate = gate.clone();
+        weave::spawn(move || -> io::Result<()> {
+            let mut buf = [0u8; 4];
+            loop {
+                conn.read_exact(&mut buf)?;
+                if gate.lock().unwrap().recv().is_err() {
+                    return Ok(());
+                }
+                conn.write_all(&buf)?;
+            }
+        });
+    });
+    (addr, release)
+}
+
+/// After an exchange abandoned by `abandon`, the next checkout must not get
+/// that connection: it would read the abandoned request's reply.
+fn next_caller_reads_its_own_reply(abandon: impl FnOnce(&Pool, SocketAddr) + Send + 'static) {
+    rt().block_on(move || {
+        let (addr, release) = gated_echo_server();
+        let pool = Pool::new();
+        abandon(&pool, addr);
+        let mut c = pool.get(addr).unwrap();
+        assert!(
+            !c.is_reused(),
+            "a connection left mid-exchange was handed out"
+        );
+        c.write_all(b"mine").unwrap();
+        // Release every reply the backend holds.
+        release.send(()).unwrap();
+        release.send(()).unwrap();
+        let mut back = [0u8; 4];
+        c.read_exact(&mut back).unwrap();
+        assert_eq!(&back, b"mine");
+        c.done();
+        drop(c);
+        let s = pool.stats(&addr).unwrap();
+        assert_eq!((s.discarded, s.idle), (1, 1), "{s:?}");
+    });
+}
+
+#[test]
+fn early_return_mid_exchange_is_not_reused() {
+    next_caller_reads_its_own_reply(|pool, addr| {
+        let mut c = pool.get(addr).unwrap();
+        c.write_all(b"lost").unwrap();
+        // An early return (say, `?` on an unrelated error): no reply read.
+    });
+}
+
+#[test]
+fn panic_mid_exchange_is_not_reused() {
+    next_caller_reads_its_own_reply(|pool, addr| {
+        let pool = pool.clone();
+        let h = weave::spawn(move || {
+            let mut c = pool.get(addr).unwrap();
+            c.write_all(b"lost").unwrap();
+            panic!("the handler failed between request and reply");
+        });
+        assert!(h.join().is_err());
+    });
+}
+
+#[test]
+fn timeout_mid_exchange_is_not_reused() {
+    next_caller_reads_its_own_reply(|pool, addr| {
+        let mut c = pool.get(addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        c.write_all(b"lost").unwrap();
+        let e = c.read(&mut [0u8; 4]).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        c.set_read_timeout(None).unwrap();
+        // A timeout is an error through the guard: broken, never returned.
+    });
+}
+
+#[test]
+fn direct_access_without_done_is_not_reused() {
+    next_caller_reads_its_own_reply(|pool, addr| {
+        let c = pool.get(addr).unwrap();
+        // Writing on the connection itself, bypassing the guard's `Write`.
+        (&*c).write_all(b"lost").unwrap();
+    });
 }

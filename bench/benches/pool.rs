@@ -161,8 +161,9 @@ fn cycle(c: &mut Criterion) {
             b.iter_custom(|iters| {
                 let (p, a) = (p.clone(), a.clone());
                 run_fibers(&rt, iters, move |i| {
-                    let conn = p.get(a[i as usize % a.len()]).expect("get");
+                    let mut conn = p.get(a[i as usize % a.len()]).expect("get");
                     black_box(&*conn);
+                    conn.done();
                 })
             })
         });
@@ -176,8 +177,9 @@ fn cycle(c: &mut Criterion) {
             b.iter_custom(|iters| {
                 let (p, a) = (p.clone(), a.clone());
                 run_fibers(&rt, iters, move |i| {
-                    let conn = p.get(a[i as usize % a.len()]).expect("get");
+                    let mut conn = p.get(a[i as usize % a.len()]).expect("get");
                     black_box(&*conn);
+                    conn.done();
                 })
             })
         });

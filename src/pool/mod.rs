@@ -2,9 +2,12 @@
 //!
 //! [`Pool::get`] checks a connection out for a peer (a [`SocketAddr`], or
 //! any key that implements [`Connect`]); the returned [`Pooled`] guard
-//! dereferences to the connection and puts it back when dropped. A
-//! connection that saw an error through the guard's `Read`/`Write`, or
-//! that the caller [`discard`](Pooled::discard)s, is closed instead.
+//! dereferences to the connection and puts it back when dropped, if the
+//! caller marked its exchange complete with [`Pooled::done`] (or never
+//! used it). A connection left mid-exchange (a panic, an early return, a
+//! timeout), one that saw an error through the guard's `Read`/`Write`, or
+//! one that the caller [`discard`](Pooled::discard)s, is closed instead:
+//! the next caller never reads someone else's reply.
 //!
 //! ```
 //! use std::io::{Read, Write};
@@ -30,6 +33,7 @@
 //!         let mut back = [0u8; 4];
 //!         conn.read_exact(&mut back)?;
 //!         assert_eq!(&back, b"ping");
+//!         conn.done(); // the exchange is complete
 //!     } // each guard goes back to the pool here
 //!     let stats = pool.stats(&addr).unwrap();
 //!     assert_eq!((stats.opened, stats.reused), (1, 2));
@@ -94,7 +98,7 @@
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -246,6 +250,7 @@ impl<K: Connect> Pool<K> {
                         config_max_idle: cfg.max_idle,
                         reused: true,
                         broken: false,
+                        in_flight: AtomicBool::new(false),
                     });
                 }
                 drop(idle.conn);
@@ -265,6 +270,7 @@ impl<K: Connect> Pool<K> {
                             config_max_idle: cfg.max_idle,
                             reused: false,
                             broken: false,
+                            in_flight: AtomicBool::new(false),
                         })
                     }
                     Err(e) => {

@@ -3,22 +3,57 @@
 use std::fmt;
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use super::*;
 
 /// A checked-out connection: dereferences to it, and returns it to the
-/// pool when dropped, unless it was [discarded](Self::discard) or saw an
-/// error through this guard's `Read`/`Write`.
+/// pool when dropped, but only when that is known to be safe.
+///
+/// # When a connection goes back
+///
+/// The pool is fail-safe: a connection left in the middle of an exchange
+/// (a request sent, its reply not read, because of a panic, an early
+/// return, a timeout or a cancellation) would hand the next caller someone
+/// else's reply. So the guard returns the connection only when
+///
+/// - nothing was done with it since checkout (no `Read`/`Write` through
+///   the guard, no access through `Deref`/`DerefMut`), or the caller said
+///   the exchange is over with [`done`](Self::done) after the last such
+///   access;
+/// - it is not [broken](Self::mark_broken) (an error or end-of-file seen
+///   through the guard, or [`discard`](Self::discard));
+/// - the guard is not dropped by an unwind (a panic or a cancellation).
+///
+/// Otherwise the connection is closed. Call `done()` once the reply has
+/// been read completely.
 pub struct Pooled<K: Connect> {
     pub(super) conn: Option<K::Conn>,
     pub(super) peer: Arc<Peer<K>>,
     pub(super) config_max_idle: usize,
     pub(super) reused: bool,
     pub(super) broken: bool,
+    /// The connection was used since checkout or the last `done()`: an
+    /// exchange may be in flight.
+    pub(super) in_flight: AtomicBool,
 }
 
 impl<K: Connect> Pooled<K> {
+    /// Says the exchange is complete (the whole reply was read): nothing is
+    /// in flight, so the connection may go back to the pool when the guard
+    /// drops. Using the connection again after this starts a new exchange,
+    /// which needs its own `done()`.
+    pub fn done(&mut self) {
+        self.in_flight.store(false, Ordering::Relaxed);
+    }
+
+    /// Whether the connection was used since checkout or the last
+    /// [`done`](Self::done): dropped now, it would be closed.
+    pub fn is_in_flight(&self) -> bool {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
     /// Closes the connection instead of returning it to the pool.
     pub fn discard(mut self) {
         self.broken = true;
@@ -62,6 +97,7 @@ impl<K: Connect> Pooled<K> {
 impl<K: Connect> Deref for Pooled<K> {
     type Target = K::Conn;
     fn deref(&self) -> &K::Conn {
+        self.in_flight.store(true, Ordering::Relaxed);
         self.conn
             .as_ref()
             .expect("a Pooled guard holds its connection until dropped")
@@ -70,6 +106,7 @@ impl<K: Connect> Deref for Pooled<K> {
 
 impl<K: Connect> DerefMut for Pooled<K> {
     fn deref_mut(&mut self) -> &mut K::Conn {
+        self.in_flight.store(true, Ordering::Relaxed);
         self.conn
             .as_mut()
             .expect("a Pooled guard holds its connection until dropped")
@@ -126,7 +163,9 @@ impl<K: Connect> Drop for Pooled<K> {
         let Some(conn) = self.conn.take() else {
             return;
         };
-        if self.broken {
+        // Fail-safe: only a connection known to be between exchanges goes
+        // back (see the type's docs).
+        if self.broken || self.in_flight.load(Ordering::Relaxed) || std::thread::panicking() {
             drop(conn);
             self.peer.close_one();
         } else {
@@ -141,6 +180,7 @@ impl<K: Connect> fmt::Debug for Pooled<K> {
             .field("key", &self.peer.key)
             .field("reused", &self.reused)
             .field("broken", &self.broken)
+            .field("in_flight", &self.in_flight.load(Ordering::Relaxed))
             .finish()
     }
 }

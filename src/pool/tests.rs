@@ -119,6 +119,7 @@ fn readiness_hint_decides_without_poll_and_sees_closes() {
             assert_eq!(c.read_ready_hint(), None, "never registered yet");
             ping_drained(&mut c);
             assert_eq!(c.read_ready_hint(), Some(false), "drained by a short read");
+            c.done();
         }
         {
             // Handed out on the hint alone.
@@ -128,6 +129,9 @@ fn readiness_hint_decides_without_poll_and_sees_closes() {
             ping_drained(&mut c);
             c.write_all(b"bye!").unwrap();
             until_reported(&c);
+            // The caller claims the exchange complete; the reactor knows
+            // better at the next checkout.
+            c.done();
         } // returned: the guard saw no error
         let c = pool.get(addr).unwrap();
         assert!(!c.is_reused(), "a close the reactor reported is not reused");
@@ -171,6 +175,7 @@ fn poll_check_clears_a_stale_read_bit() {
             // (`None` if the reply came before the first read, which
             // then never parked: unregistered, nothing known.)
             assert_ne!(c.read_ready_hint(), Some(false));
+            c.done();
         }
         // The checkout falls back to poll(2), finds nothing pending and
         // clears the bit, so the next check needs no system call.
