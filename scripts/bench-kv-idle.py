@@ -98,7 +98,7 @@ def main():
         ("kv --fiber-per-connection",
          [args.kv, "-l", "127.0.0.1", "-p", p, "-t", t, "-c", c, "-m", "64", "--fiber-per-connection"]),
         ("memcached", [args.memcached, "-p", p, "-l", "127.0.0.1", "-t", t, "-c", c,
-                       "-m", "64", "-U", "0"]),
+                       "-m", "64", "-U", "0"] + (["-u", "root"] if os.geteuid() == 0 else [])),
     ]
     per = {name: [] for name, _ in servers}
     total = {name: [] for name, _ in servers}

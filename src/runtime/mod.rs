@@ -560,19 +560,30 @@ impl Handle {
     /// Spawns a fiber on the runtime. After the runtime was dropped, the
     /// fiber never runs: its handle reports
     /// [`Cancelled`](crate::fiber::Cancelled) at once.
+    ///
+    /// # Panics
+    ///
+    /// As [`weave::spawn`](crate::spawn): when no stack can be had.
+    #[track_caller]
     pub fn spawn<F, T>(&self, f: F) -> JoinHandle<T>
     where
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        crate::fiber::Builder::new()
-            .spawn_on(&self.shared, f)
-            .expect("spawning a fiber with default settings cannot fail")
+        match crate::fiber::Builder::new().spawn_on(&self.shared, f) {
+            Ok(h) => h,
+            Err(e) => panic!("weave: Handle::spawn: {e}"),
+        }
     }
 
     /// Spawns a fiber that runs on worker `worker` (modulo the worker
     /// count) and stays there: for per-worker services such as one acceptor
     /// per worker.
+    ///
+    /// # Panics
+    ///
+    /// As [`weave::spawn`](crate::spawn): when no stack can be had.
+    #[track_caller]
     pub fn spawn_on_worker<F, T>(&self, worker: usize, f: F) -> JoinHandle<T>
     where
         F: FnOnce() -> T + Send + 'static,
