@@ -93,3 +93,87 @@ fn request_timeout_covers_the_data_block() {
     let mut c = s.connect();
     c.expect("get slow\r\n", "END\r\n");
 }
+
+/// Stores `n` items of `vlen` bytes under `prefix` with `noreply`, a
+/// round trip every 10,000 so the client never runs far ahead.
+fn fill(c: &mut kv_common::Client, prefix: &str, n: usize, vlen: usize) {
+    let value = vec![b'v'; vlen];
+    let mut batch = Vec::new();
+    for i in 0..n {
+        batch.extend_from_slice(format!("set {prefix}{i:010} 0 0 {vlen} noreply\r\n").as_bytes());
+        batch.extend_from_slice(&value);
+        batch.extend_from_slice(b"\r\n");
+        if i % 10_000 == 9_999 || i == n - 1 {
+            c.send(&batch);
+            batch.clear();
+            let v = version(c);
+            c.expect("version\r\n", &format!("VERSION {v}\r\n"));
+        }
+    }
+}
+
+fn version(c: &mut kv_common::Client) -> String {
+    c.stats()
+        .into_iter()
+        .find(|(k, _)| k == "version")
+        .expect("version stat")
+        .1
+}
+
+#[test]
+fn the_memory_limit_bounds_resident_memory() {
+    const MIB: u64 = 32;
+    // What the process holds besides items: code, stacks, buffers, the
+    // allocator's own slack. Generous: it must only catch a limit that
+    // does not bound memory (charging a flat 50 bytes for ~200 put this
+    // load near 3x the limit).
+    const BASE_KIB: u64 = 24 * 1024;
+    let bound = MIB * 1024 * 115 / 100 + BASE_KIB;
+    let s = Server::start(&["-m", "32", "-t", "2"]);
+    let mut c = s.connect();
+    let check = |c: &mut kv_common::Client, what: &str| {
+        let rss = s.rss_kib();
+        let st = c.stats();
+        let get = |name: &str| -> u64 {
+            st.iter()
+                .find(|(k, _)| k == name)
+                .unwrap()
+                .1
+                .parse()
+                .unwrap()
+        };
+        assert!(get("evictions") > 0, "{what}: the fill went past -m");
+        assert!(
+            get("bytes") + get("hash_bytes") <= get("limit_maxbytes") + 64 * 1024,
+            "{what}: charged {} + {} past the limit {}",
+            get("bytes"),
+            get("hash_bytes"),
+            get("limit_maxbytes")
+        );
+        assert!(
+            rss <= bound,
+            "{what}: VmRSS {rss} KiB past 1.15 x {MIB} MiB + {BASE_KIB} KiB ({} items)",
+            get("curr_items")
+        );
+        get("curr_items")
+    };
+    // Small items: 14-byte keys, 10-byte values, far past the limit.
+    fill(&mut c, "s", 700_000, 10);
+    let small = check(&mut c, "small items");
+    // Then 1 KiB values over the index the small ones left behind.
+    fill(&mut c, "m", 80_000, 1024);
+    let medium = check(&mut c, "1 KiB items");
+    // Then a mix, 10 B to 8 KiB.
+    let mut i = 0usize;
+    for round in 0..4 {
+        for vlen in [10, 100, 700, 3000, 8000] {
+            fill(&mut c, &format!("x{round}-{vlen}-"), 2_000, vlen);
+            i += 2_000;
+        }
+    }
+    check(&mut c, "mixed sizes");
+    assert!(
+        small > medium,
+        "{small} small items, {medium} 1 KiB ones, {i} mixed sets"
+    );
+}

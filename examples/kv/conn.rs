@@ -687,7 +687,7 @@ pub fn stats_list(ctx: &Ctx) -> Vec<(&'static str, String)> {
         ("threads", ctx.threads.to_string()),
         ("conn_yields", zero()),
         ("hash_power_level", zero()),
-        ("hash_bytes", zero()),
+        ("hash_bytes", g(&s.index_bytes)),
         ("hash_is_expanding", zero()),
         ("slab_reassign_rescues", zero()),
         ("slab_reassign_chunk_rescues", zero()),

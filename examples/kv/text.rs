@@ -1052,7 +1052,7 @@ mod tests {
         assert!(out.ends_with("\r\nEND\r\nEND\r\n"));
         assert!(out.contains("VALUE key999 0 1000\r\n"));
         assert!(ctx.store.stats.evictions.load(Ordering::Relaxed) > 700);
-        assert!(ctx.store.stats.bytes.load(Ordering::Relaxed) <= 200 * 1024);
+        assert!(ctx.store.charged() <= 200 * 1024);
     }
 
     #[test]

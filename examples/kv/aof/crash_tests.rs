@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use super::file::sim::CrashFs;
 use super::*;
-use crate::store::{Clock, DeleteStatus, Mode, Store, StoreStatus, Value, ITEM_OVERHEAD};
+use crate::store::{item_cost, Clock, DeleteStatus, Mode, Store, StoreStatus, Value};
 
 const WRITERS: usize = 4;
 const KEYS_PER_WRITER: usize = 48;
@@ -146,7 +146,7 @@ pub(super) fn power_cut(name: &str, fsync: Fsync, cut: Cut, evict: bool) -> Outc
     let p = d.join("c.aof");
     let fs = CrashFs::new();
     let limit = if evict {
-        WRITERS * KEYS_PER_WRITER / 3 * (8 + 8 + ITEM_OVERHEAD)
+        WRITERS * KEYS_PER_WRITER / 3 * item_cost(8, 8)
     } else {
         64 << 20
     };

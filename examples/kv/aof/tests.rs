@@ -508,7 +508,7 @@ fn zero_filled_or_garbage_tail_is_cut() {
 fn deletes_and_misses_of_evicted_keys_stay_after_restart() {
     let d = tmpdir("evicted");
     let p = d.join("e.aof");
-    let item = 3 + 100 + crate::store::ITEM_OVERHEAD;
+    let item = crate::store::item_cost(3, 100);
     {
         // Room for ten items: the victims are evicted by the fill.
         let st = Arc::new(Store::with_clock(

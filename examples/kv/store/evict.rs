@@ -32,11 +32,12 @@ impl Store {
     pub(crate) fn evict(&self, first: usize, keep: Option<&[u8]>) {
         let limit = self.limit() as u64;
         let mut start = first;
-        while self.stats.bytes.load(Ordering::Relaxed) > limit {
+        let n = self.shards.len();
+        while self.charged() > limit {
             let mut best: Option<(u64, usize)> = None;
             let mut seen = 0;
-            for k in 0..SHARDS {
-                let i = (start + k) & (SHARDS - 1);
+            for k in 0..n {
+                let i = (start + k) & (n - 1);
                 let sh = self.lock(i);
                 if let Some(v) = evictable(&sh, keep) {
                     let at = sh.entry(v).atime;

@@ -65,7 +65,8 @@ impl Store {
         let at = if delay > 0 { self.abs_expiry(delay) } else { 0 };
         // All shard locks, in order, so the flush is one point in every
         // key's history and in the journal.
-        let mut guards: Vec<MutexGuard<'_, Shard>> = (0..SHARDS).map(|i| self.lock(i)).collect();
+        let mut guards: Vec<MutexGuard<'_, Shard>> =
+            (0..self.shards.len()).map(|i| self.lock(i)).collect();
         self.apply_flush(&mut guards, at);
         let ticket = self.journal_submit(|| Record::Flush { at });
         drop(guards);
@@ -90,11 +91,11 @@ impl Store {
     /// (spread over the shards in turn). Returns how many were removed.
     pub fn sweep_expired(&self, budget: usize) -> usize {
         let now = self.now();
-        let per_shard = budget.div_ceil(SHARDS).max(1);
+        let per_shard = budget.div_ceil(self.shards.len()).max(1);
         let mut removed = 0;
         let mut examined = 0;
         while examined < budget {
-            let i = self.sweep_shard.fetch_add(1, Ordering::Relaxed) & (SHARDS - 1);
+            let i = self.sweep_shard.fetch_add(1, Ordering::Relaxed) & (self.shards.len() - 1);
             let mut sh = self.lock(i);
             let len = sh.slots.len();
             if len == 0 {

@@ -87,7 +87,7 @@ impl Store {
         const BATCH: usize = 256;
         let now = self.now();
         let mut items: Vec<(Arc<[u8]>, Item, u64)> = Vec::with_capacity(BATCH);
-        for i in 0..SHARDS {
+        for i in 0..self.shards.len() {
             let mut from = 0;
             loop {
                 let more = {
@@ -148,7 +148,7 @@ impl Store {
             }
             Record::Flush { at } => {
                 let mut guards: Vec<MutexGuard<'_, Shard>> =
-                    (0..SHARDS).map(|i| self.lock(i)).collect();
+                    (0..self.shards.len()).map(|i| self.lock(i)).collect();
                 self.apply_flush(&mut guards, at);
             }
             Record::CasFloor { floor } => self.raise_cas(floor),

@@ -4,7 +4,8 @@
 //!
 //! # Layout
 //!
-//! Keys hash to one of [`SHARDS`] shards, each a `Mutex` around a hash map
+//! Keys hash to one of up to [`SHARDS`] shards (fewer under a small limit),
+//! each a `Mutex` around a hash map
 //! from key to a slot in a slab. Slots hold the item and the links of an
 //! intrusive doubly linked LRU list (indices, not pointers), so a hit moves an
 //! item to the front in O(1) and eviction pops the tail in O(1). Locks are
@@ -14,8 +15,15 @@
 //!
 //! # Memory limit and eviction
 //!
-//! An item costs `key + value + ITEM_OVERHEAD` bytes against the limit, which
-//! is global (one atomic counter). A store that pushes the total past the
+//! The limit bounds what the store really holds: each item is charged the
+//! bytes its two allocations (key and value, each behind an `Arc` header)
+//! take as glibc's malloc rounds them ([`malloc_bytes`]), and each shard
+//! charges its index (slab, LRU links, free list and hash map) at its
+//! capacity, so slots left behind by deletes and evictions, and the slack
+//! of a grown table, count too. `stats` reports the first as `bytes` and
+//! the second as `hash_bytes`; both sum to at most `limit_maxbytes`, apart
+//! from the overshoot below. The slab grows by a quarter at a time so its
+//! slack stays small. Both totals are global atomic counters. A store that pushes the total past the
 //! limit evicts until it is back under: each eviction compares the LRU tails
 //! (last-use timestamps) of up to 8 non-empty shards, its own first, and
 //! removes the oldest, never the item just stored; shards are locked one at
@@ -61,12 +69,47 @@ use shard::{Dead, Entry, MetaBits, Shard, NIL};
 use stats::bump;
 pub use stats::Stats;
 
-/// Number of shards; a power of two.
+/// Most shards; a power of two.
 pub const SHARDS: usize = 64;
+/// A store gets one shard per this many bytes of limit (up to
+/// [`SHARDS`]): each shard's index has a fixed base cost, which a small
+/// limit should not be spent on.
+const BYTES_PER_SHARD: usize = 256 * 1024;
+
+fn shard_count(limit: usize) -> usize {
+    (limit / BYTES_PER_SHARD)
+        .clamp(1, SHARDS)
+        .next_power_of_two()
+        .min(SHARDS)
+}
 /// Longest key, in bytes (memcached's limit).
 pub const KEY_MAX: usize = 250;
-/// Bytes charged per item on top of key and value.
-pub const ITEM_OVERHEAD: usize = 50;
+/// glibc's malloc threshold above which it maps whole pages.
+const MMAP_THRESHOLD: usize = 128 * 1024;
+
+/// Bytes glibc's malloc takes from memory for a request of `n` bytes: the
+/// request plus an 8-byte header, rounded up to 16, at least 32; above the
+/// mmap threshold, whole pages. (A test checks this against
+/// `malloc_usable_size`.)
+pub fn malloc_bytes(n: usize) -> usize {
+    if n >= MMAP_THRESHOLD {
+        (n + 16 + 4095) & !4095
+    } else {
+        ((n + 8 + 15) & !15).max(32)
+    }
+}
+
+/// Bytes an `Arc<[u8]>` of `len` bytes takes: two counters and the bytes,
+/// padded to 8, as malloc rounds it.
+pub fn arc_bytes(len: usize) -> usize {
+    malloc_bytes((16 + len + 7) & !7)
+}
+
+/// What one more item costs at least: its allocations plus one slot of
+/// the index (slab entry, links, hash map entry at full load).
+pub fn item_cost(key_len: usize, value_len: usize) -> usize {
+    arc_bytes(key_len) + arc_bytes(value_len) + shard::SLOT_BYTES
+}
 /// Expiry values up to this many seconds are relative to now; larger ones
 /// are absolute Unix times.
 pub const REL_EXPIRY_MAX: i64 = 60 * 60 * 24 * 30;
@@ -188,7 +231,9 @@ impl Store {
     /// A store with a memory limit in bytes and the given clock.
     pub fn with_clock(limit_bytes: usize, clock: Clock) -> Store {
         Store {
-            shards: (0..SHARDS).map(|_| Mutex::new(Shard::new())).collect(),
+            shards: (0..shard_count(limit_bytes))
+                .map(|_| Mutex::new(Shard::new()))
+                .collect(),
             hasher: Default::default(),
             cas: AtomicU64::new(0),
             limit: AtomicUsize::new(limit_bytes),
@@ -233,7 +278,7 @@ impl Store {
 
     fn shard_of(&self, key: &[u8]) -> usize {
         use std::hash::BuildHasher;
-        (self.hasher.hash_one(key) >> 32) as usize & (SHARDS - 1)
+        (self.hasher.hash_one(key) >> 32) as usize & (self.shards.len() - 1)
     }
 
     fn lock(&self, i: usize) -> MutexGuard<'_, Shard> {
@@ -405,8 +450,7 @@ impl Store {
         exp: u64,
         opts: SetOpts,
     ) -> Persisted<StoreStatus> {
-        let size = key.len() + data.len() + ITEM_OVERHEAD;
-        if size > self.limit() {
+        if item_cost(key.len(), data.len()) > self.limit() {
             return Ok(StoreStatus::NoMemory);
         }
         self.journal_check()?;
@@ -650,6 +694,11 @@ impl Store {
             self.evict(i, Some(key));
         }
         Ok(DeltaStatus::Value(n, c))
+    }
+
+    /// Bytes charged against the limit: items and index.
+    pub fn charged(&self) -> u64 {
+        self.stats.bytes.load(Ordering::Relaxed) + self.stats.index_bytes.load(Ordering::Relaxed)
     }
 
     /// Number of items currently held (expired ones until reclaimed).

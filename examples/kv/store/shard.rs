@@ -2,12 +2,18 @@
 //! LRU list through the slots (see "Layout" in the parent module).
 
 use std::collections::HashMap;
+use std::mem::size_of;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::*;
 
 pub(super) const NIL: u32 = u32::MAX;
+
+/// One item's share of a full index: its slab entry, its links and its
+/// hash map entry at hashbrown's full load (7/8).
+pub(super) const SLOT_BYTES: usize =
+    size_of::<Option<Entry>>() + size_of::<Link>() + (size_of::<(Arc<[u8]>, u32)>() + 1) * 8 / 7;
 
 #[derive(Debug)]
 pub(crate) struct Entry {
@@ -54,8 +60,10 @@ impl MetaBits {
 }
 
 impl Entry {
+    /// What the item's own allocations cost (its slot in the index is
+    /// charged with the index).
     fn size(&self) -> usize {
-        self.key.len() + self.value.len() + ITEM_OVERHEAD
+        arc_bytes(self.key.len()) + arc_bytes(self.value.len())
     }
 
     pub(super) fn item(&self) -> Item {
@@ -84,6 +92,10 @@ pub(crate) struct Shard {
     head: u32,
     pub(super) tail: u32,
     pub(super) sweep_cursor: usize,
+    /// What [`Shard::index_bytes`] was when last charged to the stats.
+    index_charged: usize,
+    /// The hash map's largest capacity (see [`Shard::index_bytes`]).
+    map_cap: usize,
 }
 
 /// Why a lookup found nothing usable.
@@ -102,7 +114,51 @@ impl Shard {
             head: NIL,
             tail: NIL,
             sweep_cursor: 0,
+            index_charged: 0,
+            map_cap: 0,
         }
+    }
+
+    /// Bytes the shard's index holds: the slab, its links and free list
+    /// and the hash map, at their capacity (slots freed by deletes and
+    /// evictions stay allocated and stay charged).
+    pub(super) fn index_bytes(&self) -> usize {
+        // `capacity()` drops as removals leave tombstones; the table never
+        // shrinks, so its largest value is the table's.
+        let cap = self.map_cap.max(self.map.capacity());
+        // hashbrown keeps 7/8 of a power-of-two bucket count usable (all
+        // but one bucket below 8), plus one control byte per bucket and
+        // a group's worth more.
+        let buckets = match cap {
+            0 => 0,
+            1..=7 => cap + 1,
+            _ => cap / 7 * 8,
+        };
+        let map = if buckets == 0 {
+            0
+        } else {
+            malloc_bytes(buckets * (size_of::<(Arc<[u8]>, u32)>() + 1) + 16)
+        };
+        let vec = |bytes: usize| if bytes == 0 { 0 } else { malloc_bytes(bytes) };
+        map + vec(self.slots.capacity() * size_of::<Option<Entry>>())
+            + vec(self.links.capacity() * size_of::<Link>())
+            + vec(self.free.capacity() * size_of::<u32>())
+    }
+
+    /// Brings the charged index size up to date.
+    fn recharge(&mut self, stats: &Stats) {
+        self.map_cap = self.map_cap.max(self.map.capacity());
+        let now = self.index_bytes();
+        if now >= self.index_charged {
+            stats
+                .index_bytes
+                .fetch_add((now - self.index_charged) as u64, Ordering::Relaxed);
+        } else {
+            stats
+                .index_bytes
+                .fetch_sub((self.index_charged - now) as u64, Ordering::Relaxed);
+        }
+        self.index_charged = now;
     }
 
     pub(super) fn entry(&self, idx: u32) -> &Entry {
@@ -165,6 +221,12 @@ impl Shard {
                 i
             }
             None => {
+                // Grow by a quarter, not double: the slack is charged.
+                if self.slots.len() == self.slots.capacity() {
+                    let more = (self.slots.len() / 4).max(16);
+                    self.slots.reserve_exact(more);
+                    self.links.reserve_exact(more);
+                }
                 self.slots.push(Some(e));
                 self.links.push(Link {
                     prev: NIL,
@@ -175,6 +237,7 @@ impl Shard {
         };
         self.push_front(idx);
         self.map.insert(key, idx);
+        self.recharge(stats);
         idx
     }
 
@@ -185,7 +248,11 @@ impl Shard {
             .take()
             .expect("removing a live slot");
         self.map.remove(&e.key[..]);
+        let cap = self.free.capacity();
         self.free.push(idx);
+        if self.free.capacity() != cap {
+            self.recharge(stats);
+        }
         stats.bytes.fetch_sub(e.size() as u64, Ordering::Relaxed);
         stats.curr_items.fetch_sub(1, Ordering::Relaxed);
         e
@@ -221,6 +288,7 @@ impl Shard {
     }
 
     pub(super) fn clear(&mut self, stats: &Stats) {
+        let charged = self.index_charged;
         let mut n = 0u64;
         let mut bytes = 0u64;
         for e in self.slots.iter().flatten() {
@@ -230,5 +298,8 @@ impl Shard {
         stats.curr_items.fetch_sub(n, Ordering::Relaxed);
         stats.bytes.fetch_sub(bytes, Ordering::Relaxed);
         *self = Shard::new();
+        stats
+            .index_bytes
+            .fetch_sub(charged as u64, Ordering::Relaxed);
     }
 }

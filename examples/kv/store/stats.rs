@@ -51,8 +51,11 @@ pub struct Stats {
     pub reclaimed: AtomicU64,
     /// Items currently stored (expired ones included until reclaimed).
     pub curr_items: AtomicU64,
-    /// Bytes currently charged (key + value + overhead per item).
+    /// Bytes the items' own allocations take, as the allocator rounds
+    /// them (see [`super::arc_bytes`]).
     pub bytes: AtomicU64,
+    /// Bytes the index takes (slabs, links, hash maps, at capacity).
+    pub index_bytes: AtomicU64,
 }
 
 /// Shorthand for a relaxed increment.

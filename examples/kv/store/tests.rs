@@ -284,7 +284,7 @@ fn sweep_reclaims_expired() {
 #[test]
 fn lru_eviction_respects_limit_and_recency() {
     // Room for about 100 items of 100 bytes.
-    let item = 100 + 3 + ITEM_OVERHEAD;
+    let item = item_cost(3, 100);
     let st = Store::with_clock(item * 100, Clock::Manual(AtomicU64::new(1_700_000_000)));
     let big = Value::from(vec![b'x'; 100]);
     st.store(Mode::Set, b"hot", big.clone(), 0, 0).unwrap();
@@ -293,7 +293,7 @@ fn lru_eviction_respects_limit_and_recency() {
             .unwrap();
         // Keep "hot" recently used.
         assert!(st.get(b"hot").is_some(), "hot key evicted at {i}");
-        assert!(st.stats.bytes.load(Ordering::Relaxed) as usize <= st.limit());
+        assert!(st.charged() as usize <= st.limit());
     }
     assert!(st.stats.evictions.load(Ordering::Relaxed) >= 900);
     assert!(st.get(b"999").is_some(), "the newest item survives");
@@ -316,12 +316,18 @@ fn stats_bytes_follow_replacements() {
     st.store(Mode::Set, b"k", v("1"), 0, 0).unwrap();
     assert_eq!(
         st.stats.bytes.load(Ordering::Relaxed) as usize,
-        1 + 1 + ITEM_OVERHEAD
+        arc_bytes(1) + arc_bytes(1)
     );
     st.store(Mode::Append, b"k", v("23"), 0, 0).unwrap();
     assert_eq!(
         st.stats.bytes.load(Ordering::Relaxed) as usize,
-        1 + 3 + ITEM_OVERHEAD
+        arc_bytes(1) + arc_bytes(3)
+    );
+    st.store(Mode::Append, b"k", Value::from(vec![b'4'; 40]), 0, 0)
+        .unwrap();
+    assert_eq!(
+        st.stats.bytes.load(Ordering::Relaxed) as usize,
+        arc_bytes(1) + arc_bytes(43)
     );
 }
 
@@ -343,4 +349,65 @@ fn concurrent_incr_is_exact() {
         h.join().unwrap();
     }
     assert_eq!(val(&st, "c").as_deref(), Some("4000"));
+}
+
+#[test]
+fn the_malloc_model_matches_glibc() {
+    extern "C" {
+        fn malloc_usable_size(p: *mut std::ffi::c_void) -> usize;
+    }
+    for n in [1usize, 8, 24, 25, 40, 41, 100, 1000, 4096, 100_000] {
+        let mut v: Vec<u8> = Vec::with_capacity(n);
+        // SAFETY: the pointer is the start of a live allocation made by
+        // the system allocator (malloc, alignment 1).
+        let usable = unsafe { malloc_usable_size(v.as_mut_ptr().cast()) };
+        // A chunk is its usable bytes plus the 8-byte size header.
+        assert_eq!(malloc_bytes(n), usable + 8, "request of {n} bytes");
+    }
+}
+
+#[test]
+fn the_index_is_charged_and_given_back() {
+    let st = store();
+    assert_eq!(st.stats.index_bytes.load(Ordering::Relaxed), 0);
+    for i in 0..10_000 {
+        st.store(Mode::Set, format!("k{i}").as_bytes(), v("x"), 0, 0)
+            .unwrap();
+    }
+    let index = st.stats.index_bytes.load(Ordering::Relaxed) as usize;
+    // At least one full slot per item, and not more than twice that.
+    assert!(index >= 10_000 * (item_cost(5, 1) - arc_bytes(5) - arc_bytes(1)) * 7 / 8);
+    assert!(index <= 10_000 * 2 * (item_cost(5, 1) - arc_bytes(5) - arc_bytes(1)) + 64 * 4096);
+    // Deletes leave the slots allocated, and charged.
+    for i in 0..10_000 {
+        st.delete(format!("k{i}").as_bytes(), 0).unwrap();
+    }
+    assert_eq!(st.stats.bytes.load(Ordering::Relaxed), 0);
+    assert!(st.stats.index_bytes.load(Ordering::Relaxed) as usize >= index);
+    st.flush(0).unwrap();
+    assert_eq!(st.stats.index_bytes.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn the_limit_holds_when_small_items_give_way_to_big_ones() {
+    // Many small items grow the index; big ones then replace them, and
+    // the index they leave behind is still charged, so fewer big ones fit.
+    let limit = 4 << 20;
+    let st = Store::with_clock(limit, Clock::Manual(AtomicU64::new(1_700_000_000)));
+    for i in 0..100_000 {
+        st.store(Mode::Set, format!("s{i}").as_bytes(), v("x"), 0, 0)
+            .unwrap();
+        assert!(st.charged() as usize <= limit + item_cost(7, 1));
+    }
+    let small_index = st.stats.index_bytes.load(Ordering::Relaxed);
+    let big = Value::from(vec![b'b'; 1000]);
+    for i in 0..10_000 {
+        st.store(Mode::Set, format!("b{i}").as_bytes(), big.clone(), 0, 0)
+            .unwrap();
+        assert!(st.charged() as usize <= limit + item_cost(7, 1000));
+    }
+    assert!(st.stats.index_bytes.load(Ordering::Relaxed) >= small_index);
+    let held = st.len();
+    assert!(held > 500, "{held} big items held");
+    assert!(held * arc_bytes(1000) <= limit);
 }
