@@ -196,6 +196,10 @@ pub(super) fn power_cut(name: &str, fsync: Fsync, cut: Cut, evict: bool) -> Outc
             });
         }
     }
+    // The cut is meant to land while compactions run: wait for the first
+    // one to have started (on a loaded machine the writers may reach their
+    // count before the journal's writer thread got around to one).
+    wait("compaction", &|| fs.created() > 0);
     // Without any sync, nothing acknowledged before now is required by
     // everysec; always requires everything acknowledged regardless.
     let synced_before_cut = fs.last_sync_start().unwrap_or(start);
