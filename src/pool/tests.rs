@@ -83,6 +83,23 @@ fn echo4() -> SocketAddr {
     addr
 }
 
+/// Registers `c` with the reactor before anything can arrive on it: a read
+/// with nothing pending parks (registering the socket) until its timeout.
+/// Without it, an echo that arrived before the first read would be read
+/// without ever registering, and the reactor would know nothing.
+fn register(c: &TcpStream) {
+    c.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
+    let e = (&mut &*c).read(&mut [0u8; 1]).unwrap_err();
+    assert!(
+        matches!(
+            e.kind(),
+            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+        ),
+        "{e}"
+    );
+    c.set_read_timeout(None).unwrap();
+}
+
 /// Sends a ping and reads the 4-byte echo into a larger buffer, so the
 /// last read is short and drains the socket.
 fn ping_drained(c: &mut TcpStream) {
@@ -117,6 +134,7 @@ fn readiness_hint_decides_without_poll_and_sees_closes() {
         {
             let mut c = pool.get(addr).unwrap();
             assert_eq!(c.read_ready_hint(), None, "never registered yet");
+            register(&c);
             ping_drained(&mut c);
             assert_eq!(c.read_ready_hint(), Some(false), "drained by a short read");
             c.done();
@@ -148,6 +166,7 @@ fn readiness_hint_sees_stray_bytes() {
         let pool: Pool = Pool::new();
         {
             let mut c = pool.get(addr).unwrap();
+            register(&c);
             ping_drained(&mut c);
             assert_eq!(c.read_ready_hint(), Some(false));
             // A request whose reply is never read.
