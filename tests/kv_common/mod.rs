@@ -61,12 +61,14 @@ pub fn example_binary(name: &str) -> PathBuf {
     bin
 }
 
-/// The newest modification time of a file, or of the files under a
-/// directory; `None` if the path does not exist.
+/// The newest modification time of a Rust source file, or of the Rust
+/// sources under a directory (data files such as a fuzz corpus do not
+/// count: the binary does not depend on them); `None` if there is none.
 fn newest_mtime(path: &Path) -> Option<std::time::SystemTime> {
     let meta = std::fs::metadata(path).ok()?;
     if !meta.is_dir() {
-        return meta.modified().ok();
+        let rust = path.extension().is_some_and(|e| e == "rs");
+        return if rust { meta.modified().ok() } else { None };
     }
     std::fs::read_dir(path)
         .ok()?
