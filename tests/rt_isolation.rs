@@ -228,6 +228,39 @@ fn spawn_after_the_runtime_is_dropped_is_cancelled() {
     assert_eq!(handle.live_fibers(), 0);
 }
 
+/// A fiber whose destructor waits for something that never comes is
+/// abandoned once shutdown's unwind limit passes (its stack leaked, never
+/// resumed); its join handle still gets its one result, and it no longer
+/// counts as live.
+#[test]
+fn fiber_abandoned_at_shutdown_still_reports_to_its_handle() {
+    struct WaitsOnDrop(weave::sync::Receiver<()>);
+    impl Drop for WaitsOnDrop {
+        fn drop(&mut self) {
+            // Unwinding: not a cancellation point any more, so this parks.
+            let _ = self.0.recv();
+        }
+    }
+    let (never, rx) = weave::sync::channel::<()>();
+    let (started_tx, started) = mpsc::channel();
+    let rt = rt(1);
+    let handle = rt.handle();
+    let h = handle.spawn(move || {
+        let _guard = WaitsOnDrop(rx);
+        started_tx.send(()).unwrap();
+        loop {
+            weave::park();
+        }
+    });
+    started.recv_timeout(BOUND).expect("fiber started");
+    // Cancels the fiber, whose destructor then waits until the limit.
+    bounded("runtime drop", move || drop(rt));
+    let e = bounded("abandoned fiber's join", move || h.join()).unwrap_err();
+    assert!(is_cancelled(&*e));
+    assert_eq!(handle.live_fibers(), 0);
+    drop(never);
+}
+
 /// Many threads spawn (anywhere and pinned) while the runtime drops; fibers
 /// park forever, finish, or never start. Every handle gets exactly one
 /// result, and nothing stays counted as live.

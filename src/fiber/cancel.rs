@@ -87,7 +87,8 @@
 //! from its join. A fiber still parked after
 //! [`SHUTDOWN_UNWIND_LIMIT`](crate::runtime::SHUTDOWN_UNWIND_LIMIT) (its
 //! destructor waits for something that never comes) is abandoned: its stack
-//! is leaked, not resumed, and the event is logged.
+//! is leaked, not resumed, the event is logged, and its join handle reports
+//! it [`Cancelled`].
 
 use std::any::Any;
 use std::cell::Cell;

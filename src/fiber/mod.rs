@@ -365,7 +365,8 @@ impl Builder {
             }
             completer.complete(result);
         });
-        let fiber = RawFiber::new(shared.clone(), self.name, stack_size, body, stack);
+        let weak = Arc::downgrade(&packet) as std::sync::Weak<dyn Abandon>;
+        let fiber = RawFiber::new(shared.clone(), self.name, stack_size, body, stack, weak);
         shared
             .live_fibers
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -488,6 +489,31 @@ impl<T> Completer<T> {
                 drop_payload(payload);
             }
         }
+    }
+}
+
+/// A join packet seen without its result type.
+pub(crate) trait Abandon: Send + Sync {
+    /// Reports the fiber cancelled to its handle, for a fiber abandoned at
+    /// runtime shutdown whose completer will never run. Returns whether it
+    /// did (false: the fiber had already delivered its result).
+    fn abandon(&self) -> bool;
+}
+
+impl<T: Send> Abandon for Packet<T> {
+    fn abandon(&self) -> bool {
+        let waiter = {
+            let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            if st.result.is_some() {
+                return false;
+            }
+            st.result = Some(Err(Box::new(Cancelled)));
+            st.waiter.take()
+        };
+        if let Some(w) = waiter {
+            w.unpark();
+        }
+        true
     }
 }
 

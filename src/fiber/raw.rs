@@ -101,6 +101,11 @@ pub(crate) struct RawFiber {
     /// Lowest and highest address of the stack's guard page, for the stack
     /// overflow report.
     pub(crate) guard: (AtomicUsize, AtomicUsize),
+    /// The join handle's packet, without its result type: a fiber abandoned
+    /// at runtime shutdown (its stack, and the completer on it, never run
+    /// again) still reports to its handle through it. Weak, so the result
+    /// lives no longer than the handle and the completer.
+    pub(crate) packet: std::sync::Weak<dyn super::Abandon>,
     /// Debug builds check that no two threads ever run the fiber at once.
     #[cfg(debug_assertions)]
     pub(crate) on_cpu: std::sync::atomic::AtomicBool,
@@ -136,6 +141,7 @@ impl RawFiber {
         stack_size: usize,
         body: Box<dyn FnOnce() + Send>,
         stack: FiberStack,
+        packet: std::sync::Weak<dyn super::Abandon>,
     ) -> FiberRef {
         let (guard_lo, guard_hi) = stack.guard();
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -153,6 +159,7 @@ impl RawFiber {
             control: Control::default(),
             slot: AtomicUsize::new(usize::MAX),
             guard: (AtomicUsize::new(guard_lo), AtomicUsize::new(guard_hi)),
+            packet,
             #[cfg(debug_assertions)]
             on_cpu: std::sync::atomic::AtomicBool::new(false),
         })

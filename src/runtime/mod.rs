@@ -96,8 +96,8 @@ pub const DEFAULT_STACK_SIZE: usize = 256 * 1024;
 
 /// How long a runtime that shuts down waits for its cancelled fibers to
 /// finish unwinding. A fiber still parked after that (a destructor that
-/// waits for something that never comes) is abandoned: its stack is leaked
-/// and the event logged. See [`fiber::cancel`](crate::fiber::cancel).
+/// waits for something that never comes) is abandoned: its stack is leaked,
+/// the event logged, and its join handle reports it cancelled. See [`fiber::cancel`](crate::fiber::cancel).
 pub const SHUTDOWN_UNWIND_LIMIT: Duration = Duration::from_secs(5);
 
 /// Environment variable that sets the worker count of the default runtime.

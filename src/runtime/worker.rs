@@ -471,7 +471,8 @@ impl Worker {
     ///    destructor that waits (for a lock held on another worker, a
     ///    flush) waits for real, and nothing spins.
     /// 4. Fibers still parked after `SHUTDOWN_UNWIND_LIMIT` are abandoned:
-    ///    their stacks are leaked, never resumed, and each is logged.
+    ///    their stacks are leaked, never resumed, and each is logged; their
+    ///    join handles report them cancelled.
     fn shutdown(&self) {
         self.shutting_down.set(true);
         let fibers: Vec<FiberRef> = self.fibers.borrow().iter().cloned().collect();
@@ -545,6 +546,13 @@ impl Worker {
                 // Never resumed nor unwound: resuming a stack that is in the
                 // middle of an unwind with a second unwind would abort.
                 std::mem::forget(co);
+            }
+            // Its completer sits on the leaked stack: report it cancelled
+            // from here, so its join handle still gets its one result.
+            if let Some(packet) = fiber.packet.upgrade() {
+                if packet.abandon() {
+                    self.shared.live_fibers.fetch_sub(1, Ordering::SeqCst);
+                }
             }
             self.retire(&fiber);
         }
