@@ -565,10 +565,33 @@ impl<T> Chan<T> {
 
 /// The receive or send arm of a channel in a [`Select`](crate::Select).
 pub(crate) struct ChanArm<'a, T> {
-    pub(crate) chan: &'a Chan<T>,
-    pub(crate) recv: bool,
+    chan: &'a Chan<T>,
+    recv: bool,
     /// `mpsc` receivers: messages the receiver took in a batch earlier.
-    pub(crate) local: Option<&'a std::cell::RefCell<VecDeque<T>>>,
+    local: Option<&'a std::cell::RefCell<VecDeque<T>>>,
+}
+
+impl<'a, T> ChanArm<'a, T> {
+    /// A receive arm; `local` is an `mpsc` receiver's batch buffer.
+    pub(crate) fn recv(
+        chan: &'a Chan<T>,
+        local: Option<&'a std::cell::RefCell<VecDeque<T>>>,
+    ) -> Box<dyn crate::select::imp::Source + 'a> {
+        Box::new(ChanArm {
+            chan,
+            recv: true,
+            local,
+        })
+    }
+
+    /// A send arm: ready when the channel has room.
+    pub(crate) fn send(chan: &'a Chan<T>) -> Box<dyn crate::select::imp::Source + 'a> {
+        Box::new(ChanArm {
+            chan,
+            recv: false,
+            local: None,
+        })
+    }
 }
 
 impl<T> crate::select::imp::Source for ChanArm<'_, T> {

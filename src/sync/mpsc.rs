@@ -515,33 +515,21 @@ impl<T> IntoIterator for Receiver<T> {
 
 impl<T> crate::select::imp::RecvArm for Receiver<T> {
     fn recv_arm(&self) -> Box<dyn crate::select::imp::Source + '_> {
-        Box::new(super::chan::ChanArm {
-            chan: &self.chan,
-            recv: true,
-            local: Some(&self.buf),
-        })
+        super::chan::ChanArm::recv(&self.chan, Some(&self.buf))
     }
 }
 impl<T> crate::select::Receivable for Receiver<T> {}
 
 impl<T> crate::select::imp::SendArm for Sender<T> {
     fn send_arm(&self) -> Box<dyn crate::select::imp::Source + '_> {
-        Box::new(super::chan::ChanArm {
-            chan: &self.chan,
-            recv: false,
-            local: None,
-        })
+        super::chan::ChanArm::send(&self.chan)
     }
 }
 impl<T> crate::select::Sendable for Sender<T> {}
 
 impl<T> crate::select::imp::SendArm for SyncSender<T> {
     fn send_arm(&self) -> Box<dyn crate::select::imp::Source + '_> {
-        Box::new(super::chan::ChanArm {
-            chan: &self.chan,
-            recv: false,
-            local: None,
-        })
+        super::chan::ChanArm::send(&self.chan)
     }
 }
 impl<T> crate::select::Sendable for SyncSender<T> {}
