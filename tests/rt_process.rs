@@ -216,11 +216,12 @@ fn running_out_of_stacks_is_reported_to_the_spawner() {
     assert!(spawned > 100, "only {spawned} fibers before the limit");
 }
 
-#[test]
-fn stack_overflow_with_mprotect_guards_aborts_with_a_clear_message() {
-    let out = run_child_env("overflow", &[("WEAVE_STACK_GUARD", "mprotect")]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+/// Checks that the child aborted (SIGABRT) after reporting the overflow of
+/// the fiber `fiber` with a message containing `overflow`, and did not
+/// survive it; returns its stderr for further checks.
+fn assert_overflow_abort(out: &Output, fiber: &str, overflow: &str) -> String {
     use std::os::unix::process::ExitStatusExt;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(
         out.status.signal(),
         Some(libc::SIGABRT),
@@ -228,9 +229,20 @@ fn stack_overflow_with_mprotect_guards_aborts_with_a_clear_message() {
         out.status
     );
     assert!(
-        stderr.contains("fiber 'deep-recursion'")
-            && stderr.contains("overflowed its stack of 65536 bytes"),
+        stderr.contains(&format!("fiber '{fiber}'")) && stderr.contains(overflow),
         "missing overflow message; stderr:\n{stderr}"
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("child survived"));
+    stderr
+}
+
+#[test]
+fn stack_overflow_with_mprotect_guards_aborts_with_a_clear_message() {
+    let out = run_child_env("overflow", &[("WEAVE_STACK_GUARD", "mprotect")]);
+    let stderr = assert_overflow_abort(
+        &out,
+        "deep-recursion",
+        "overflowed its stack of 65536 bytes",
     );
     // The fallback says so once, on stderr (no logger is installed).
     assert_eq!(
@@ -246,38 +258,17 @@ fn stack_overflow_with_mprotect_guards_aborts_with_a_clear_message() {
 #[test]
 fn stack_overflow_aborts_with_a_clear_message() {
     let out = run_child("overflow");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    use std::os::unix::process::ExitStatusExt;
-    assert_eq!(
-        out.status.signal(),
-        Some(libc::SIGABRT),
-        "child should abort, got {:?}; stderr:\n{stderr}",
-        out.status
+    assert_overflow_abort(
+        &out,
+        "deep-recursion",
+        "overflowed its stack of 65536 bytes",
     );
-    assert!(
-        stderr.contains("fiber 'deep-recursion'")
-            && stderr.contains("overflowed its stack of 65536 bytes"),
-        "missing overflow message; stderr:\n{stderr}"
-    );
-    assert!(!String::from_utf8_lossy(&out.stdout).contains("child survived"));
 }
 
 #[test]
 fn frame_larger_than_the_guard_page_still_hits_it() {
     let out = run_child("overflow_big_frame");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    use std::os::unix::process::ExitStatusExt;
-    assert_eq!(
-        out.status.signal(),
-        Some(libc::SIGABRT),
-        "child should abort, got {:?}; stderr:\n{stderr}",
-        out.status
-    );
-    assert!(
-        stderr.contains("fiber 'big-frame'") && stderr.contains("overflowed its stack"),
-        "missing overflow message; stderr:\n{stderr}"
-    );
-    assert!(!String::from_utf8_lossy(&out.stdout).contains("child survived"));
+    assert_overflow_abort(&out, "big-frame", "overflowed its stack");
 }
 
 #[test]
