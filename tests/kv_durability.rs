@@ -92,31 +92,45 @@ fn acknowledged_sets_survive_sigkill() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[test]
-fn torn_tail_is_cut_at_restart() {
-    let dir = tmp("torn");
+/// Writes 100 sets to a fresh log under `--fsync always`, then kills the
+/// server: returns the test's directory and the log's path.
+fn log_of_100_sets(name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = tmp(name);
     let log = dir.join("kv.aof");
-    let log_s = log.to_str().unwrap().to_string();
-    let s = Server::start(&["--aof", &log_s, "--fsync", "always"]);
+    let s = Server::start(&["--aof", log.to_str().unwrap(), "--fsync", "always"]);
     let mut c = s.connect();
     for i in 0..100 {
         c.expect(format!("set k{i} 0 0 3\r\nabc\r\n"), "STORED\r\n");
     }
     s.kill();
-    // A crash in the middle of a record: a frame announcing 1000 bytes
-    // followed by only a few.
+    (dir, log)
+}
+
+/// Appends `tail` to a log of 100 sets, as a crash can leave it: the
+/// restart keeps the 100 items, cuts the log where the tail began, and
+/// takes writes.
+fn tail_is_cut_at_restart(name: &str, tail: &[u8]) {
+    let (dir, log) = log_of_100_sets(name);
     let good = std::fs::metadata(&log).unwrap().len();
     let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
-    f.write_all(&1000u32.to_le_bytes()).unwrap();
-    f.write_all(&[1, 2, 3, 4, 5, 6, 7]).unwrap();
+    f.write_all(tail).unwrap();
     drop(f);
-    let s = Server::start(&["--aof", &log_s]);
+    let s = Server::start(&["--aof", log.to_str().unwrap()]);
     let mut c = s.connect();
     assert_eq!(c.stat("curr_items"), 100);
     assert_cut_at(&log, good);
     c.expect("set after 0 0 1\r\nx\r\n", "STORED\r\n");
     drop(s);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn torn_tail_is_cut_at_restart() {
+    // A crash in the middle of a record: a frame announcing 1000 bytes
+    // followed by only a few.
+    let mut tail = 1000u32.to_le_bytes().to_vec();
+    tail.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7]);
+    tail_is_cut_at_restart("torn", &tail);
 }
 
 #[test]
@@ -302,41 +316,15 @@ fn cas_uniques_survive_a_restart() {
 
 #[test]
 fn zero_filled_tail_is_cut_at_restart() {
-    let dir = tmp("zeros");
-    let log = dir.join("kv.aof");
-    let log_s = log.to_str().unwrap().to_string();
-    let s = Server::start(&["--aof", &log_s, "--fsync", "always"]);
-    let mut c = s.connect();
-    for i in 0..100 {
-        c.expect(format!("set k{i} 0 0 3\r\nabc\r\n"), "STORED\r\n");
-    }
-    s.kill();
     // What a power cut in the middle of appends can leave: the file grew,
     // its data never reached the disk.
-    let good = std::fs::metadata(&log).unwrap().len();
-    let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
-    f.write_all(&vec![0u8; 64 << 10]).unwrap();
-    drop(f);
-    let s = Server::start(&["--aof", &log_s]);
-    let mut c = s.connect();
-    assert_eq!(c.stat("curr_items"), 100);
-    assert_cut_at(&log, good);
-    c.expect("set after 0 0 1\r\nx\r\n", "STORED\r\n");
-    drop(s);
-    let _ = std::fs::remove_dir_all(&dir);
+    tail_is_cut_at_restart("zeros", &vec![0u8; 64 << 10]);
 }
 
 #[test]
 fn corruption_followed_by_valid_records_refuses_to_start_until_told_to_cut() {
-    let dir = tmp("corrupt");
-    let log = dir.join("kv.aof");
+    let (dir, log) = log_of_100_sets("corrupt");
     let log_s = log.to_str().unwrap().to_string();
-    let s = Server::start(&["--aof", &log_s, "--fsync", "always"]);
-    let mut c = s.connect();
-    for i in 0..100 {
-        c.expect(format!("set k{i} 0 0 3\r\nabc\r\n"), "STORED\r\n");
-    }
-    s.kill();
     let offsets = record_offsets(&log);
     let bad = *offsets.iter().rev().nth(40).unwrap();
     // The records before it: sets, and the CAS floor the start logged.
