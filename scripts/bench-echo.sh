@@ -131,13 +131,8 @@ start_server() {
     exit 1
 }
 
-stop_server() {
-    if [ -n "$SERVER_PID" ]; then
-        kill "$SERVER_PID" 2>/dev/null || true
-        wait "$SERVER_PID" 2>/dev/null || true
-        SERVER_PID=""
-    fi
-}
+# shellcheck source=scripts/lib/server.sh
+. scripts/lib/server.sh
 
 # field KEY LINE: value of KEY=value in a RESULT line.
 field() {

@@ -108,13 +108,8 @@ PY
     exit 1
 }
 
-stop_server() {
-    if [ -n "$SERVER_PID" ]; then
-        kill "$SERVER_PID" 2>/dev/null || true
-        wait "$SERVER_PID" 2>/dev/null || true
-        SERVER_PID=""
-    fi
-}
+# shellcheck source=scripts/lib/server.sh
+. scripts/lib/server.sh
 
 # CPU ticks (utime + stime) of a process.
 cpu_ticks() {
