@@ -10,7 +10,7 @@ mod sock_util;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::ExitStatusExt;
-use std::process::{Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -233,12 +233,14 @@ fn peer_reset_mid_write_is_an_error_not_a_signal() {
     assert_eq!(summary.counters.panics, 0);
 }
 
-#[test]
-fn handler_stack_overflow_aborts_naming_the_connection_fiber() {
+/// Runs this test binary again as a child serving `scenario` (see
+/// `child_entry`) and waits for it to print its port: returns the child,
+/// its stdout (past the port line) and the port.
+fn start_server_child(scenario: &str) -> (Child, BufReader<ChildStdout>, u16) {
     let exe = std::env::current_exe().unwrap();
     let mut child = Command::new(exe)
         .args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, "overflow-server")
+        .env(CHILD_ENV, scenario)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -252,6 +254,12 @@ fn handler_stack_overflow_aborts_naming_the_connection_fiber() {
             break p.trim().parse().unwrap();
         }
     };
+    (child, out, port)
+}
+
+#[test]
+fn handler_stack_overflow_aborts_naming_the_connection_fiber() {
+    let (mut child, mut out, port) = start_server_child("overflow-server");
     let mut c = connect(([127, 0, 0, 1], port).into());
     echo(&mut c, "hello");
     c.get_mut().write_all(b"overflow\n").unwrap();
@@ -303,23 +311,7 @@ fn try_echo(c: &mut BufReader<TcpStream>, msg: &str) -> Option<String> {
 
 #[test]
 fn out_of_stacks_closes_the_new_connection_counts_it_and_keeps_serving() {
-    let exe = std::env::current_exe().unwrap();
-    let mut child = Command::new(exe)
-        .args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, "no-stacks-server")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    let port: u16 = loop {
-        line.clear();
-        assert!(out.read_line(&mut line).unwrap() > 0, "child exited early");
-        if let Some(p) = line.split("PORT=").nth(1) {
-            break p.trim().parse().unwrap();
-        }
-    };
+    let (mut child, mut out, port) = start_server_child("no-stacks-server");
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     // More connections than stacks: the first ones are served, the rest
     // closed without an answer.
