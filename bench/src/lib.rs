@@ -6,6 +6,8 @@
 //! `benches/` holds the criterion benchmarks: `fiber` (spawn, yield,
 //! park/unpark against may, threads and tokio), `sync` (channels against
 //! may, crossbeam and tokio) and `pool` (the connection pool).
+//! `src/bin/bench_report.rs` draws the load benchmarks' JSON as SVG charts
+//! (`scripts/bench-report.sh`).
 //!
 //! ```text
 //! cargo bench -p weave-bench --bench fiber

@@ -56,3 +56,39 @@ ab_table() {
     done
     rm -f "$AB_RESULTS"
 }
+
+# ab_json A B FILE: writes the figures of ab_table as JSON (see
+# scripts/lib/bench-json.sh) to FILE, from the same per-run results: a
+# median record per depth and server (with the A/B ratios on A's), then
+# one record per run. The caller has called json_begin and json_meta for
+# the metadata; call it before ab_table, which removes the results.
+ab_json() {
+    local a=$1 b=$2 file=$3 depth name k round line
+    local -A seen=()
+    for depth in $DEPTHS; do
+        for name in "$a" "$b"; do
+            local v=()
+            for k in ops_per_sec p50_us p99_us p999_us server_cpu_us_per_op; do
+                v+=("$(ab_field "$name" "$depth" $k)")
+            done
+            local r=(na na na)
+            if [ "$name" = "$a" ]; then
+                r=()
+                for k in ops_per_sec p99_us server_cpu_us_per_op; do
+                    r+=("$(ratio "$(ab_field "$a" "$depth" $k)" "$(ab_field "$b" "$depth" $k)")")
+                done
+            fi
+            json_record "$depth" "$name" median na "${v[@]}" "${r[@]}" na
+        done
+    done
+    while read -r name depth line; do
+        round=$((${seen[$name $depth]:-0} + 1))
+        seen[$name $depth]=$round
+        local v=()
+        for k in ops_per_sec p50_us p99_us p999_us server_cpu_us_per_op; do
+            v+=("$(tr ' ' '\n' <<<"$line" | sed -n "s/^$k=//p")")
+        done
+        json_record "$depth" "$name" run "$round" "${v[@]}" na na na na
+    done <"$AB_RESULTS"
+    json_end "$file"
+}
