@@ -126,6 +126,11 @@ fn main() {
                     .unwrap_or_else(|e| panic!("spawn {i} of {n}: {e}"));
                 senders.push(tx);
                 handles.push(h);
+                // Let this worker run its share of the new fibers too,
+                // instead of leaving them all to be stolen.
+                if i % 256 == 255 {
+                    weave::yield_now();
+                }
             }
             let spawned = t0.elapsed();
             // Each fiber counts itself just before it parks in `recv`.
@@ -140,6 +145,9 @@ fn main() {
             let t1 = Instant::now();
             for (i, tx) in senders.into_iter().enumerate() {
                 tx.send(i as u64).expect("fiber gone");
+                if i % 256 == 255 {
+                    weave::yield_now();
+                }
             }
             let mut joined = 0u64;
             for (i, h) in handles.into_iter().enumerate() {

@@ -64,7 +64,7 @@
 
 use std::io;
 use std::mem::ManuallyDrop;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use corosensei::stack::valgrind::ValgrindStackRegistration;
@@ -75,6 +75,18 @@ const MADV_GUARD_INSTALL: libc::c_int = 102;
 
 /// Bytes of address space per chunk (at least one slot).
 const CHUNK_BYTES: usize = 64 << 20;
+
+/// Never-used slots are prepared this many at a time, their guards
+/// installed with one system call.
+const CARVE_BATCH: usize = 32;
+
+/// `process_madvise(2)`'s pidfd for the calling process (Linux 6.15+): no
+/// descriptor to open, and it cannot go stale across `fork`.
+const PIDFD_SELF: libc::c_int = -10001;
+
+/// Set once `process_madvise` on `PIDFD_SELF` failed: every range is then
+/// advised with its own `madvise`.
+static NO_BATCH_ADVICE: AtomicBool = AtomicBool::new(false);
 
 /// Stacks freed past the high-water mark are trimmed this many at a time.
 const TRIM_BATCH: usize = 64;
@@ -104,6 +116,9 @@ struct Class {
     dirty: Vec<usize>,
     /// Trimmed: no resident pages.
     clean: Vec<usize>,
+    /// Never used, prepared by the last carve: guard installed, no page
+    /// resident.
+    fresh: Vec<usize>,
     /// Next never-used slot of the current chunk, and the chunk's end.
     next: usize,
     end: usize,
@@ -173,6 +188,7 @@ impl FiberStack {
                         warm: Vec::new(),
                         dirty: Vec::new(),
                         clean: Vec::new(),
+                        fresh: Vec::new(),
                         next: 0,
                         end: 0,
                     });
@@ -180,14 +196,21 @@ impl FiberStack {
                 }
             };
             let class = &mut pool[i];
-            match class
+            let reused = class
                 .warm
                 .pop()
                 .or_else(|| class.dirty.pop())
-                .or_else(|| class.clean.pop())
-            {
+                .or_else(|| class.fresh.pop())
+                .or_else(|| class.clean.pop());
+            match reused {
                 Some(slot) => slot,
-                None => class.carve().map_err(|e| stack_error(size, e))?,
+                None => {
+                    class.carve().map_err(|e| stack_error(size, e))?;
+                    class
+                        .fresh
+                        .pop()
+                        .expect("a carve prepares at least one slot")
+                }
             }
         };
         let valgrind = ValgrindStackRegistration::new(limit as *mut u8, slot_len);
@@ -205,20 +228,123 @@ impl FiberStack {
 }
 
 impl Class {
-    /// A never-used slot with its guard installed, mapping a new chunk when
-    /// the current one is used up.
-    fn carve(&mut self) -> io::Result<usize> {
+    /// Prepares up to [`CARVE_BATCH`] never-used slots into `fresh`, mapping
+    /// a new chunk when the current one is used up, and installs their
+    /// guards with one system call for the whole batch where the kernel
+    /// allows it.
+    fn carve(&mut self) -> io::Result<()> {
         if self.next == self.end {
             let len = (CHUNK_BYTES / self.slot_len).max(1) * self.slot_len;
             let chunk = map_chunk(len)?;
             self.next = chunk;
             self.end = chunk + len;
         }
-        let slot = self.next;
-        install_guard(slot)?;
-        self.next += self.slot_len;
-        Ok(slot)
+        let n = ((self.end - self.next) / self.slot_len).min(CARVE_BATCH);
+        let mut slots = [0usize; CARVE_BATCH];
+        for (i, s) in slots[..n].iter_mut().enumerate() {
+            *s = self.next + i * self.slot_len;
+        }
+        let slots = &slots[..n];
+        install_guards(slots)?;
+        // Only now are the slots guarded: none is handed out before.
+        self.next += n * self.slot_len;
+        // Popped from the back: hand out the lowest address first.
+        self.fresh.extend(slots.iter().rev());
+        Ok(())
     }
+}
+
+/// Applies `advice` to the page at each address: one `process_madvise`
+/// call per [`CARVE_BATCH`] pages where the kernel supports it on
+/// `PIDFD_SELF`, one `madvise` per page otherwise.
+fn advise_pages(pages: impl Iterator<Item = usize>, advice: libc::c_int) -> io::Result<()> {
+    let page = page_size();
+    let pages: Vec<usize> = pages.collect();
+    if !NO_BATCH_ADVICE.load(Ordering::Relaxed) {
+        let mut done = 0;
+        while done < pages.len() {
+            let iov: Vec<libc::iovec> = pages[done..]
+                .iter()
+                .take(CARVE_BATCH)
+                .map(|&p| libc::iovec {
+                    iov_base: p as *mut libc::c_void,
+                    iov_len: page,
+                })
+                .collect();
+            // SAFETY: every iovec names one page of a chunk this module
+            // mapped that belongs to no live stack (a guard page, or the
+            // top page of a slot not yet handed out); the kernel reads the
+            // array, which outlives the call.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_process_madvise,
+                    PIDFD_SELF,
+                    iov.as_ptr(),
+                    iov.len(),
+                    advice,
+                    0,
+                )
+            };
+            if r < 0 {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                if done == 0 {
+                    // No batching here (an older kernel, or a seccomp
+                    // filter): fall back for this call and every later one.
+                    NO_BATCH_ADVICE.store(true, Ordering::Relaxed);
+                    break;
+                }
+                return Err(e);
+            }
+            // Whole pages were advised, in order.
+            done += r as usize / page;
+        }
+        if done == pages.len() {
+            return Ok(());
+        }
+        return advise_each(&pages[done..], advice);
+    }
+    advise_each(&pages, advice)
+}
+
+/// `madvise` on one page at a time.
+fn advise_each(pages: &[usize], advice: libc::c_int) -> io::Result<()> {
+    let page = page_size();
+    for &p in pages {
+        loop {
+            // SAFETY: as in `advise_pages`: a page of ours that no live
+            // stack uses.
+            let r = unsafe { libc::madvise(p as *mut libc::c_void, page, advice) };
+            if r == 0 {
+                break;
+            }
+            let e = io::Error::last_os_error();
+            if !matches!(e.raw_os_error(), Some(libc::EINTR | libc::EAGAIN)) {
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Installs the guard page at the start of each slot: the first one alone,
+/// which settles the kind of guard this kernel supports, then the rest in
+/// one batch when that kind is `MADV_GUARD_INSTALL`.
+fn install_guards(slots: &[usize]) -> io::Result<()> {
+    let Some((&first, rest)) = slots.split_first() else {
+        return Ok(());
+    };
+    install_guard(first)?;
+    if GUARD_KIND.load(Ordering::Relaxed) == GUARD_MADVISE
+        && advise_pages(rest.iter().copied(), MADV_GUARD_INSTALL).is_ok()
+    {
+        return Ok(());
+    }
+    // The mprotect fallback, or a batch that failed part-way: guards are
+    // idempotent, so do every remaining one singly.
+    rest.iter().try_for_each(|&s| install_guard(s))
 }
 
 fn stack_error(size: usize, e: io::Error) -> io::Error {
@@ -514,6 +640,54 @@ mod tests {
             "only {zeroed} trimmed stacks"
         );
         again.iter().for_each(|s| touch(s, 2));
+    }
+
+    /// The page-map entry of the page at `addr` (`/proc/self/pagemap`).
+    fn pagemap(addr: usize) -> u64 {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = std::fs::File::open("/proc/self/pagemap").unwrap();
+        f.seek(SeekFrom::Start((addr / page_size() * 8) as u64))
+            .unwrap();
+        let mut b = [0u8; 8];
+        f.read_exact(&mut b).unwrap();
+        u64::from_le_bytes(b)
+    }
+
+    /// Bit of a page-map entry set for a guard marker (Linux 6.15+).
+    const PM_GUARD_REGION: u64 = 1 << 58;
+    /// Bit of a page-map entry set for a resident page.
+    const PM_PRESENT: u64 = 1 << 63;
+
+    /// Every stack of a carved batch has its guard, and only its guard.
+    #[test]
+    fn carved_batches_are_guarded_and_committed() {
+        // A size no other test uses: every stack below is freshly carved.
+        let stacks: Vec<_> = (0..3 * CARVE_BATCH + 5)
+            .map(|_| FiberStack::new(28 * 1024).unwrap())
+            .collect();
+        if GUARD_KIND.load(Ordering::Relaxed) != GUARD_MADVISE {
+            return; // mprotect guards do not show in the page map.
+        }
+        if pagemap(stacks[0].limit) & PM_GUARD_REGION == 0 {
+            return; // This kernel does not report guard markers.
+        }
+        for (i, s) in stacks.iter().enumerate() {
+            assert_ne!(
+                pagemap(s.limit) & PM_GUARD_REGION,
+                0,
+                "stack {i} has no guard"
+            );
+            assert_eq!(
+                pagemap(s.limit + page_size()) & PM_GUARD_REGION,
+                0,
+                "stack {i}: the guard reaches into the stack"
+            );
+            assert_eq!(
+                pagemap(s.base - page_size()) & PM_PRESENT,
+                0,
+                "stack {i}: a page is resident before use"
+            );
+        }
     }
 
     #[test]
