@@ -35,6 +35,8 @@
 #           a depth of "churn" makes each client connect, echo one message
 #           and close in a loop (msgs/s is then connections per second)
 #   OUT [docs/bench-echo.md]  where the markdown report goes
+#   JSON [OUT with .json]  the figures as JSON (scripts/lib/bench-json.sh)
+#   CHARTS [1]          0 skips drawing the charts (scripts/bench-report.sh)
 #   CARGO_TARGET_DIR    where to build (default: target)
 set -euo pipefail
 
@@ -48,6 +50,7 @@ IDLE_CONNS=${IDLE_CONNS:-10000}
 SERVERS=${SERVERS:-"weave tokio may mio"}
 SCENARIOS=${SCENARIOS:-"1:64:1 64:64:1 64:4096:1 1000:64:1 64:64:16"}
 OUT=${OUT:-docs/bench-echo.md}
+JSON=${JSON:-${OUT%.md}.json}
 TARGET=${CARGO_TARGET_DIR:-target}
 BIN="$TARGET/release/examples"
 
@@ -133,6 +136,8 @@ start_server() {
 
 # shellcheck source=scripts/lib/server.sh
 . scripts/lib/server.sh
+# shellcheck source=scripts/lib/bench-json.sh
+. scripts/lib/bench-json.sh
 
 # field KEY LINE: value of KEY=value in a RESULT line.
 field() {
@@ -171,11 +176,13 @@ for sc in $SCENARIOS; do
             if [ -z "$line" ]; then
                 echo "bench-echo: no result for $s at $sc:" >&2
                 cat "$WORK/load.err" >&2
-                line="RESULT msgs_per_s=na p99_us=na server_cpu_us_per_msg=na errors=na"
+                line="RESULT msgs_per_s=na p50_us=na p99_us=na p999_us=na server_cpu_us_per_msg=na errors=na"
             fi
             key="$sc|$s"
             RES[$key.mps]+=" $(field msgs_per_s "$line")"
+            RES[$key.p50]+=" $(field p50_us "$line")"
             RES[$key.p99]+=" $(field p99_us "$line")"
+            RES[$key.p999]+=" $(field p999_us "$line")"
             RES[$key.cpu]+=" $(field server_cpu_us_per_msg "$line")"
             RES[$key.err]+=" $(field errors "$line")"
             printf '  %-12s round %d  %-6s %s\n' "$sc" "$round" "$s" "${line#RESULT }" >&2
@@ -188,6 +195,22 @@ ratio() { # ratio A B, two decimals, or "na"
         if (a == "na" || b == "na" || b + 0 == 0) print "na"; else printf "%.2f", a / b }'
 }
 
+json_begin
+json_meta benchmark '"echo"'
+json_meta title '"Echo servers"'
+json_meta source '"scripts/bench-echo.sh"'
+json_machine
+json_meta server_threads "$(json_num "$WORKERS")"
+json_meta client_threads "$(json_num "$CLIENT_WORKERS")"
+json_meta connections null
+json_meta secs "$(json_num "$SECS")"
+json_meta rounds "$(json_num "$ROUNDS")"
+json_meta scenario_label '"conns / size / in flight"'
+json_meta server_label '"server"'
+json_meta throughput_unit '"msgs/s"'
+json_meta cpu_unit '"µs/msg"'
+json_meta baseline '"mio"'
+
 {
     echo "# Echo benchmark"
     echo
@@ -196,6 +219,8 @@ ratio() { # ratio A B, two decimals, or "na"
     echo "Every server runs $WORKERS worker thread(s); the load generator"
     echo "(\`examples/echo_load.rs\`, on weave) runs $CLIENT_WORKERS. Medians of $ROUNDS"
     echo "runs of ${SECS} s per server, servers alternating. Loopback only."
+    echo
+    json_links "$OUT" "$JSON" echo
     echo
     echo "- **msgs/s**: echoed messages per second, all connections together."
     echo "- **p99 us**: 99th percentile of the time from writing a message to"
@@ -220,7 +245,9 @@ ratio() { # ratio A B, two decimals, or "na"
             # shellcheck disable=SC2086
             {
                 mps=$(median ${RES[$key.mps]})
+                p50=$(median ${RES[$key.p50]})
                 p99=$(median ${RES[$key.p99]})
+                p999=$(median ${RES[$key.p999]})
                 cpu=$(median ${RES[$key.cpu]})
                 errs=$(printf '%s\n' ${RES[$key.err]} | awk '$1 != "na" { t += $1 } $1 == "na" { n = 1 } END { print n ? "na" : t + 0 }')
             }
@@ -230,9 +257,30 @@ ratio() { # ratio A B, two decimals, or "na"
             printf '| %s / %s B / %s | %s | %s | %s | %s | %s | %s | %s |\n' \
                 "$conns" "$size" "$depth" "$s" "$mps" "$p99" "$cpu" \
                 "$(ratio "$mps" "$base_mps")" "$(ratio "$cpu" "$base_cpu")" "$errs"
+            json_record "$conns / $size B / $depth" "$s" median na "$mps" "$p50" "$p99" "$p999" \
+                "$cpu" "$(ratio "$mps" "$base_mps")" na "$(ratio "$cpu" "$base_cpu")" "$errs"
         done
     done
 } >"$WORK/table.md"
+
+# The single runs, in the JSON only.
+for sc in $SCENARIOS; do
+    IFS=: read -r conns size depth <<<"$sc"
+    for s in $SERVERS; do
+        key="$sc|$s"
+        read -r -a mps <<<"${RES[$key.mps]}"
+        read -r -a p50 <<<"${RES[$key.p50]}"
+        read -r -a p99 <<<"${RES[$key.p99]}"
+        read -r -a p999 <<<"${RES[$key.p999]}"
+        read -r -a cpu <<<"${RES[$key.cpu]}"
+        read -r -a err <<<"${RES[$key.err]}"
+        for i in "${!mps[@]}"; do
+            json_record "$conns / $size B / $depth" "$s" run $((i + 1)) "${mps[$i]}" "${p50[$i]}" \
+                "${p99[$i]}" "${p999[$i]}" "${cpu[$i]}" na na na "${err[$i]}"
+        done
+    done
+done
+json_end "$JSON"
 
 if [ "$IDLE_CONNS" -gt 0 ]; then
     echo "== idle memory: $IDLE_CONNS connections per server" >&2
@@ -284,4 +332,5 @@ mkdir -p "$(dirname "$OUT")"
 cp "$WORK/table.md" "$OUT"
 cat "$WORK/table.md"
 echo >&2
-echo "== written to $OUT" >&2
+echo "== written to $OUT and $JSON" >&2
+json_charts "$JSON"

@@ -25,6 +25,9 @@
 #   SECS [5]          measured seconds per run
 #   MAX_OPS [50000000] request cap per run
 #   OUT []            also write the markdown table to this file
+#   JSON [OUT with .json, else docs/bench-kv.json; docs/bench-kv-tls.json
+#         with MODE=tls]  the figures as JSON (scripts/lib/bench-json.sh)
+#   CHARTS [1]        0 skips drawing the charts (scripts/bench-report.sh)
 #   CARGO_TARGET_DIR  where to build (default: target)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,6 +40,13 @@ SECS=${SECS:-5}
 MAX_OPS=${MAX_OPS:-50000000}
 OUT=${OUT:-}
 MODE=${MODE:-memcached}
+if [ -n "$OUT" ]; then
+    JSON=${JSON:-${OUT%.md}.json}
+elif [ "$MODE" = tls ]; then
+    JSON=${JSON:-docs/bench-kv-tls.json}
+else
+    JSON=${JSON:-docs/bench-kv.json}
+fi
 TARGET=${CARGO_TARGET_DIR:-target}
 
 for v in THREADS CONNS ROUNDS SECS MAX_OPS; do
@@ -136,12 +146,31 @@ PY
 
 # shellcheck source=scripts/lib/ab-load.sh
 . scripts/lib/ab-load.sh
+# shellcheck source=scripts/lib/bench-json.sh
+. scripts/lib/bench-json.sh
 if [ "$MODE" = tls ]; then
-    A=kv-tls B=kv
+    A=kv-tls B=kv NAME=kv-tls TITLE="kv with TLS against kv in plaintext"
 else
-    A=kv B=memcached
+    A=kv B=memcached NAME=kv TITLE="kv against memcached"
 fi
 ab_run "$A" "$B" start_server stop_server server_pid
+
+json_begin
+json_meta benchmark "$(json_str "$NAME")"
+json_meta title "$(json_str "$TITLE")"
+json_meta source '"scripts/bench-kv.sh"'
+json_machine
+json_meta server_threads "$(json_num "$THREADS")"
+json_meta client_threads null
+json_meta connections "$(json_num "$CONNS")"
+json_meta secs "$(json_num "$SECS")"
+json_meta rounds "$(json_num "$ROUNDS")"
+json_meta scenario_label '"pipeline depth"'
+json_meta server_label '"server"'
+json_meta throughput_unit '"requests/s"'
+json_meta cpu_unit '"µs/request"'
+json_meta baseline "$(json_str "$B")"
+ab_json "$A" "$B" "$JSON"
 
 table=$(
     ab_table "$A" "$B" server
@@ -151,8 +180,11 @@ table=$(
         echo "kv-tls: TLS 1.3 (rustls, ring; P-256 certificate), handshakes outside the measured window;"
     fi
     echo "medians of $ROUNDS runs of ${SECS} s each, servers alternated; $(nproc) cores, loopback."
+    echo
+    json_links "${OUT:-$JSON}" "$JSON" "$NAME"
 )
 echo "$table"
 if [ -n "$OUT" ]; then
     echo "$table" >"$OUT"
 fi
+json_charts "$JSON"

@@ -21,6 +21,9 @@
 #   SECS [5]           measured seconds per run
 #   MAX_OPS [50000000] request cap per run
 #   OUT []             also write the markdown table to this file
+#   JSON [OUT with .json, else docs/bench-proxy.json]  the figures as JSON
+#                      (scripts/lib/bench-json.sh)
+#   CHARTS [1]         0 skips drawing the charts (scripts/bench-report.sh)
 #   CARGO_TARGET_DIR   where to build (default: target)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,6 +35,11 @@ ROUNDS=${ROUNDS:-3}
 SECS=${SECS:-5}
 MAX_OPS=${MAX_OPS:-50000000}
 OUT=${OUT:-}
+if [ -n "$OUT" ]; then
+    JSON=${JSON:-${OUT%.md}.json}
+else
+    JSON=${JSON:-docs/bench-proxy.json}
+fi
 TARGET=${CARGO_TARGET_DIR:-target}
 
 for v in PROXY_THREADS CONNS ROUNDS SECS MAX_OPS; do
@@ -102,9 +110,10 @@ done
 echo "== kv backends on ${backends[*]}" >&2
 
 start_proxy() { # name port
+    # Local: ab_run, which calls this, keeps its second server's name in b.
+    local b args=()
     case $1 in
         kv_proxy)
-            args=()
             for b in "${backends[@]}"; do args+=(--backend "$b"); done
             "$PROXY" --listen "127.0.0.1:$2" -t "$PROXY_THREADS" -c 4096 "${args[@]}" &
             ;;
@@ -130,7 +139,26 @@ YML
 
 # shellcheck source=scripts/lib/ab-load.sh
 . scripts/lib/ab-load.sh
+# shellcheck source=scripts/lib/bench-json.sh
+. scripts/lib/bench-json.sh
 ab_run kv_proxy twemproxy start_proxy stop_proxy proxy_pid
+
+json_begin
+json_meta benchmark '"proxy"'
+json_meta title '"kv_proxy against twemproxy"'
+json_meta source '"scripts/bench-proxy.sh"'
+json_machine
+json_meta server_threads "$(json_num "$PROXY_THREADS")"
+json_meta client_threads null
+json_meta connections "$(json_num "$CONNS")"
+json_meta secs "$(json_num "$SECS")"
+json_meta rounds "$(json_num "$ROUNDS")"
+json_meta scenario_label '"pipeline depth"'
+json_meta server_label '"proxy"'
+json_meta throughput_unit '"requests/s"'
+json_meta cpu_unit '"µs/request"'
+json_meta baseline '"twemproxy"'
+ab_json kv_proxy twemproxy "$JSON"
 
 table=$(
     ab_table kv_proxy twemproxy proxy
@@ -138,8 +166,11 @@ table=$(
     echo "kv_proxy with $PROXY_THREADS worker thread(s), twemproxy (one thread); two kv backends"
     echo "with one thread each; $CONNS connections, 1:9 set:get, 100k keys, 100-byte values;"
     echo "medians of $ROUNDS runs of ${SECS} s each, proxies alternated; $(nproc) cores, loopback."
+    echo
+    json_links "${OUT:-$JSON}" "$JSON" proxy
 )
 echo "$table"
 if [ -n "$OUT" ]; then
     echo "$table" >"$OUT"
 fi
+json_charts "$JSON"
