@@ -444,7 +444,7 @@ fn request<S: Read + Write>(
                 op::APPEND | op::APPENDQ => Mode::Append,
                 _ => Mode::Prepend,
             };
-            match ctx.store.store(mode, key, Value::from(value), flags, exp) {
+            match ctx.store.store(mode, key, value, flags, exp) {
                 Ok(StoreStatus::Stored(cas)) => {
                     if !quiet {
                         respond(c, h, status::OK, cas, &[], &[], &[])?;

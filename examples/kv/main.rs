@@ -340,7 +340,8 @@ fn run(args: Args) -> io::Result<()> {
 }
 
 /// Reclaims expired items in the background: a small budget often, so no
-/// sweep holds a shard lock for long.
+/// sweep holds a shard lock for long; and gives freed memory back to the
+/// system after heavy churn ([`Store::trim`]).
 fn start_sweeper(store: Arc<Store>) -> io::Result<()> {
     std::thread::Builder::new()
         .name("kv-sweeper".into())
@@ -350,6 +351,7 @@ fn start_sweeper(store: Arc<Store>) -> io::Result<()> {
             // so a full pass takes about ten seconds.
             let budget = (store.len() / 100).max(1024);
             store.sweep_expired(budget);
+            store.trim();
         })?;
     Ok(())
 }

@@ -26,9 +26,7 @@ use std::sync::atomic::Ordering;
 
 use crate::conn::{Block, Conn, Ctx};
 use crate::stats;
-use crate::store::{
-    DeleteStatus, DeltaStatus, MetaGetOpts, Mode, SetOpts, StoreStatus, Value, KEY_MAX,
-};
+use crate::store::{DeleteStatus, DeltaStatus, MetaGetOpts, Mode, SetOpts, StoreStatus, KEY_MAX};
 use crate::text::put_num;
 
 const BAD_FORMAT: &[u8] = b"CLIENT_ERROR bad command line format\r\n";
@@ -399,7 +397,7 @@ fn set<'a, S: Read + Write>(
     let exp = abs_ttl(ctx, &flags, b'T').unwrap_or(0);
     let r = ctx
         .store
-        .store_with(mode, &key, Value::from(value), client_flags, exp, opts);
+        .store_with(mode, &key, &value, client_flags, exp, opts);
     let (code, cas): (&[u8], u64) = match r {
         Ok(StoreStatus::Stored(cas)) => (b"HD", cas),
         Ok(StoreStatus::NotStored | StoreStatus::TooLarge) => (b"NS", 0),

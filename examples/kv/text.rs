@@ -43,7 +43,7 @@ use std::io::{self, Read, Write};
 use std::sync::atomic::Ordering;
 
 use crate::conn::{reset_stats, stats_list, Block, Conn, Ctx, VERSION};
-use crate::store::{DeleteStatus, DeltaStatus, Mode, StoreStatus, Value, KEY_MAX};
+use crate::store::{DeleteStatus, DeltaStatus, Mode, StoreStatus, KEY_MAX};
 use crate::{meta, stats};
 
 /// Longest command line (memcached handles any line that fits its 16 KiB
@@ -422,10 +422,7 @@ fn storage<'a, S: Read + Write>(
     }
     value.truncate(len as usize);
     let mode = if is_cas { Mode::Cas(cas) } else { mode };
-    let reply: &[u8] = match ctx
-        .store
-        .store(mode, key, Value::from(value), flags, exptime)
-    {
+    let reply: &[u8] = match ctx.store.store(mode, key, &value, flags, exptime) {
         Ok(StoreStatus::Stored(_)) => b"STORED\r\n",
         Ok(StoreStatus::NotStored) => b"NOT_STORED\r\n",
         Ok(StoreStatus::Exists) => b"EXISTS\r\n",

@@ -5,42 +5,26 @@ use std::sync::atomic::Ordering;
 
 use super::*;
 
-/// Shards whose LRU tails are compared per eviction.
+/// Shards whose CLOCK candidates are compared per eviction.
 const EVICT_SAMPLES: usize = 8;
 
-/// The LRU tail of a shard unless it is the item being stored (then the
-/// one before it).
-fn evictable(sh: &Shard, keep: Option<&[u8]>) -> Option<u32> {
-    let mut v = sh.tail;
-    if v != NIL && keep.is_some_and(|k| &sh.entry(v).key[..] == k) {
-        v = sh.links[v as usize].prev;
-    }
-    (v != NIL).then_some(v)
-}
-
 impl Store {
-    /// Monotonic use counter for LRU comparisons (nanoseconds since the
-    /// store was made).
-    pub(crate) fn tick(&self) -> u64 {
-        self.epoch.elapsed().as_nanos() as u64
-    }
-
-    /// Evicts least-recently-used items until the total is within the
-    /// limit, never the item `keep` just stored. Each eviction looks at the
-    /// LRU tails of up to [`EVICT_SAMPLES`] non-empty shards (starting with
-    /// `first`, then rotating) and removes the oldest of them.
+    /// Evicts items until the total is within the limit, never the item
+    /// `keep` just stored. Each eviction asks up to [`EVICT_SAMPLES`]
+    /// non-empty shards (starting with `first`, then rotating) for their
+    /// CLOCK candidate ([`Shard::peek`]) and evicts from the shard whose
+    /// candidate is oldest by [`shard::age`].
     pub(crate) fn evict(&self, first: usize, keep: Option<&[u8]>) {
         let limit = self.limit() as u64;
         let mut start = first;
         let n = self.shards.len();
         while self.charged() > limit {
-            let mut best: Option<(u64, usize)> = None;
+            let mut best: Option<((u64, u64), usize)> = None;
             let mut seen = 0;
             for k in 0..n {
                 let i = (start + k) & (n - 1);
                 let sh = self.lock(i);
-                if let Some(v) = evictable(&sh, keep) {
-                    let at = sh.entry(v).atime;
+                if let Some(at) = sh.peek(keep) {
                     if best.is_none_or(|(b, _)| at < b) {
                         best = Some((at, i));
                     }
@@ -54,12 +38,34 @@ impl Store {
                 return;
             };
             let mut sh = self.lock(i);
-            if let Some(v) = evictable(&sh, keep) {
-                sh.remove(v, &self.stats);
+            if sh.evict(keep, &self.stats) {
                 bump(&self.stats.evictions);
             }
             drop(sh);
             start = self.evict_cursor.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Gives free memory in the middle of the heap back to the system once
+    /// items worth a quarter of the limit were removed or replaced since
+    /// the last time; returns whether it did. Items come and go in every
+    /// size, so their freed chunks leave holes that only a request of the
+    /// same size fits: without this, a fill of small items followed by big
+    /// ones keeps both sets of pages resident. glibc's `malloc_trim`
+    /// releases every free whole page of every arena (elsewhere this does
+    /// nothing). The server calls it from its sweeper thread.
+    pub fn trim(&self) -> bool {
+        let quarter = self.limit() as u64 / 4;
+        if self.stats.freed.load(Ordering::Relaxed) < quarter.max(1 << 20) {
+            return false;
+        }
+        self.stats.freed.store(0, Ordering::Relaxed);
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: malloc_trim only reorganises the allocator's own free
+        // lists under its locks; it is safe to call at any time.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+        true
     }
 }

@@ -97,20 +97,23 @@ impl Store {
         while examined < budget {
             let i = self.sweep_shard.fetch_add(1, Ordering::Relaxed) & (self.shards.len() - 1);
             let mut sh = self.lock(i);
-            let len = sh.slots.len();
-            if len == 0 {
+            let len = sh.capacity();
+            if sh.len() == 0 {
                 examined += per_shard;
                 continue;
             }
             let mut cursor = sh.sweep_cursor % len;
             for _ in 0..per_shard.min(len) {
-                let dead = matches!(&sh.slots[cursor], Some(e) if self.dead(e, now).is_some());
+                let dead = matches!(sh.slot(cursor), Some(e) if self.dead(e, now).is_some());
                 if dead {
-                    sh.remove(cursor as u32, &self.stats);
+                    // The rest of the cluster shifts back into this slot:
+                    // look at it again.
+                    sh.remove(cursor, &self.stats);
                     bump(&self.stats.reclaimed);
                     removed += 1;
+                } else {
+                    cursor = (cursor + 1) % len;
                 }
-                cursor = (cursor + 1) % len;
             }
             sh.sweep_cursor = cursor;
             examined += per_shard;

@@ -2,7 +2,7 @@
 //! records, and walking live items for compaction.
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, MutexGuard};
+use std::sync::MutexGuard;
 
 use crate::aof::{Journal, Record};
 
@@ -74,39 +74,57 @@ impl Store {
         }
     }
 
-    /// Calls `f` with every live item, a few hundred slots at a time: each
-    /// batch is copied out (pointer copies) under its shard's lock, and `f`
-    /// runs without locks, so compaction never holds a shard for longer
-    /// than one batch, however big the shard.
+    /// Calls `f` with every live item (key, item, last stored or used),
+    /// a few hundred slots at a time: each batch is copied out (pointer
+    /// copies) under its shard's lock, and `f` runs without locks, so
+    /// compaction never holds a shard for longer than one batch, however
+    /// big the shard.
     ///
     /// The walk is not a snapshot: an item stored, changed or removed
-    /// during it may be seen in either state or (if its slot was reused)
-    /// not at all. Compaction copes: every mutation made during the walk
-    /// is also in the log tail it replays over the walk's output.
+    /// during it may be seen in either state, twice, or not at all.
+    /// Compaction copes: every mutation made during the walk is also in
+    /// the log tail it replays over the walk's output, and a set seen
+    /// twice writes the same record twice. What it must not do is miss an
+    /// item nobody touched; two rules make sure:
+    ///
+    /// 1. A batch ends just after an empty slot (or at the table's end).
+    ///    Deletion only moves an item back towards its home, never across
+    ///    an empty slot, and every item after that empty slot has its home
+    ///    after it too; so no untouched item moves from the unvisited part
+    ///    into the visited one (only an item inserted during the walk could
+    ///    fill the gap, and it is in the log tail).
+    /// 2. If the table grew between two batches (all positions change),
+    ///    the shard's walk starts over. Tables only double, so this
+    ///    happens a bounded number of times.
     pub fn for_each_live(&self, mut f: impl FnMut(&[u8], &Item, u64)) {
         const BATCH: usize = 256;
         let now = self.now();
-        let mut items: Vec<(Arc<[u8]>, Item, u64)> = Vec::with_capacity(BATCH);
+        let mut items: Vec<(Value, u64)> = Vec::with_capacity(BATCH);
         for i in 0..self.shards.len() {
             let mut from = 0;
+            let mut cap = None;
             loop {
                 let more = {
                     let sh = self.lock(i);
-                    let end = sh.slots.len().min(from + BATCH);
-                    if from < end {
-                        items.extend(
-                            sh.slots[from..end]
-                                .iter()
-                                .flatten()
-                                .filter(|e| self.dead(e, now).is_none())
-                                .map(|e| (e.key.clone(), e.item(), e.stored)),
-                        );
+                    let n = sh.capacity();
+                    if cap.is_some_and(|c| c != n) {
+                        from = 0;
                     }
-                    from = end;
-                    from < sh.slots.len()
+                    cap = Some(n);
+                    let mut at = from;
+                    while at < n && (at < from + BATCH || sh.slot(at - 1).is_some()) {
+                        if let Some(e) = sh.slot(at) {
+                            if self.dead(e, now).is_none() {
+                                items.push((e.clone(), e.time()));
+                            }
+                        }
+                        at += 1;
+                    }
+                    from = at;
+                    from < n
                 };
-                for (k, it, stored) in items.drain(..) {
-                    f(&k, &it, stored);
+                for (e, stored) in items.drain(..) {
+                    f(e.key(), &item_of(&e), stored);
                 }
                 if !more {
                     break;
@@ -126,6 +144,11 @@ impl Store {
                 stored,
                 cas,
             } => {
+                if key.len() > super::item::KEY_LEN_MAX || value.len() > super::item::VALUE_MAX {
+                    log::warn!("replay: skipping a set whose key or value is too long for an item");
+                    return;
+                }
+                let item = Value::build(&key, &[&value], flags, exptime, stored, 0);
                 let i = self.shard_of(&key);
                 let mut sh = self.lock(i);
                 let (found, _) = self.find(&mut sh, &key, self.now());
@@ -135,15 +158,16 @@ impl Store {
                     self.raise_cas(cas);
                     cas
                 };
-                self.put(&mut sh, found, &key, value, flags, exptime, stored, cas);
+                item.set_cas(cas);
+                self.put(&mut sh, found, item);
                 drop(sh);
                 self.evict(i, Some(&key));
             }
             Record::Delete { key } => self.forget(&key),
             Record::Touch { key, exptime } => {
-                let mut sh = self.lock(self.shard_of(&key));
-                if let Some(&idx) = sh.map.get(&key[..]) {
-                    sh.entry_mut(idx).exptime = exptime;
+                let sh = self.lock(self.shard_of(&key));
+                if let Some(idx) = sh.find(&key) {
+                    sh.entry(idx).set_exptime(exptime);
                 }
             }
             Record::Flush { at } => {

@@ -77,35 +77,40 @@ impl Store {
                 self.count_get(&None, dead);
                 return Ok(None);
             }
+            (None, Some(_)) if key.len() > super::item::KEY_LEN_MAX => {
+                drop(sh);
+                self.count_get(&None, dead);
+                return Ok(None);
+            }
             (None, Some(exp)) => {
                 let cas = o.new_cas.unwrap_or_else(|| self.next_cas());
-                let idx = self.put(&mut sh, None, key, Value::from(&b""[..]), 0, exp, now, cas);
+                let idx = self.put(&mut sh, None, Value::build(key, &[], 0, exp, now, cas));
                 (idx, true)
             }
         };
         if !o.no_bump {
-            sh.bump(idx, self.tick());
+            sh.bump(idx);
         }
-        let e = sh.entry_mut(idx);
-        let exptime_before = e.exptime;
+        let e = sh.entry(idx);
+        let exptime_before = e.exptime();
         if let Some(exp) = o.touch {
-            e.exptime = exp;
+            e.set_exptime(exp);
         }
-        let before = e.meta;
+        let before = MetaBits::of(e);
         let recache = match o.recache {
-            Some(t) => e.exptime != 0 && e.exptime < t,
+            Some(t) => e.exptime() != 0 && e.exptime() < t,
             None => false,
         };
         let won = !before.token_sent && (created || before.stale || recache);
         if won {
-            e.meta.token_sent = true;
+            e.set_bits(bit::TOKEN_SENT, true);
         }
         if !o.no_bump {
-            e.meta.fetched = true;
-            e.meta.access = now;
+            e.set_bits(bit::FETCHED, true);
+            e.set_time(now);
         }
         let hit = MetaHit {
-            item: e.item(),
+            item: item_of(e),
             fetched: before.fetched && !created,
             access: before.access,
             token_was_sent: before.token_sent,
@@ -174,25 +179,25 @@ impl Store {
             self.journal_wait(ticket, key)?;
             return Ok(DeleteStatus::NotFound);
         };
-        if cas != 0 && sh.entry(idx).cas != cas {
+        if cas != 0 && sh.entry(idx).cas() != cas {
             return Ok(DeleteStatus::Exists);
         }
         let new_cas = new_cas.unwrap_or_else(|| self.next_cas());
-        let e = sh.entry_mut(idx);
-        e.meta.stale = true;
-        e.meta.token_sent = false;
-        e.cas = new_cas;
+        let e = sh.entry(idx);
+        e.set_bits(bit::STALE, true);
+        e.set_bits(bit::TOKEN_SENT, false);
+        e.set_cas(new_cas);
         if let Some(exp) = exp {
-            e.exptime = exp;
+            e.set_exptime(exp);
         }
         // The new unique (and expiry) are logged as the item's whole state;
         // the stale bit is not (see the module docs).
         let ticket = self.journal_submit(|| Record::Set {
             key: key.into(),
-            value: e.value.clone(),
-            flags: e.flags,
-            exptime: e.exptime,
-            stored: e.stored,
+            value: e.clone(),
+            flags: e.flags(),
+            exptime: e.exptime(),
+            stored: e.time(),
             cas: new_cas,
         });
         drop(sh);
@@ -209,7 +214,7 @@ impl Store {
         let (found, _) = self.find(&mut sh, key, now);
         found.map(|idx| {
             let e = sh.entry(idx);
-            (e.item(), e.meta.fetched, e.meta.access)
+            (item_of(e), e.has(bit::FETCHED), e.time())
         })
     }
 }

@@ -1,38 +1,44 @@
-//! The item store: a sharded hash table with a per-shard LRU list, lazy and
-//! swept expiry, CAS uniques, memory-limited eviction and the statistics the
+//! The item store: sharded open-addressing tables of single-allocation
+//! items with CLOCK eviction, lazy and swept expiry, CAS uniques, memory-limited eviction and the statistics the
 //! `stats` command reports.
 //!
 //! # Layout
 //!
 //! Keys hash to one of up to [`SHARDS`] shards (fewer under a small limit),
-//! each a `Mutex` around a hash map
-//! from key to a slot in a slab. Slots hold the item and the links of an
-//! intrusive doubly linked LRU list (indices, not pointers), so a hit moves an
-//! item to the front in O(1) and eviction pops the tail in O(1). Locks are
-//! held only for the map operation itself; values are `Arc<[u8]>`, so a read
-//! clones a pointer under the lock and copies the bytes to the socket after
-//! the lock is gone.
+//! each a `Mutex` around an open-addressing index. An item is one
+//! allocation ([`item`]): a 32-byte header (CAS unique, flags, expiry, last
+//! access, key and value lengths, a byte of bits), then the key, then the
+//! value; a 14-byte key and a 10-byte value fit one 64-byte malloc chunk.
+//! The index ([`table`]) is an array of 8-byte thin pointers to items,
+//! probed linearly from the key's hash, with no tombstones (a delete
+//! shifts the rest of its cluster back), doubled past 13/16 full. Locks are
+//! held only for the table operation itself; an item is reference counted
+//! ([`Value`], 4-byte count), so a read clones a pointer under the lock and
+//! copies the value bytes to the socket after the lock is gone.
 //!
 //! # Memory limit and eviction
 //!
-//! The limit bounds what the store really holds: each item is charged the
-//! bytes its two allocations (key and value, each behind an `Arc` header)
-//! take as glibc's malloc rounds them ([`malloc_bytes`]), and each shard
-//! charges its index (slab, LRU links, free list and hash map) at its
+//! The limit bounds what the store really holds: each item is charged its
+//! one allocation as glibc's malloc rounds it ([`item_bytes`], tested
+//! against `malloc_usable_size`), and each shard charges its index at its
 //! capacity, so slots left behind by deletes and evictions, and the slack
-//! of a grown table, count too. `stats` reports the first as `bytes` and
+//! of a doubled table, count too. `stats` reports the first as `bytes` and
 //! the second as `hash_bytes`; both sum to at most `limit_maxbytes`, apart
-//! from the overshoot below. The slab grows by a quarter at a time so its
-//! slack stays small. Both totals are global atomic counters. A store that pushes the total past the
-//! limit evicts until it is back under: each eviction compares the LRU tails
-//! (last-use timestamps) of up to 8 non-empty shards, its own first, and
-//! removes the oldest, never the item just stored; shards are locked one at
-//! a time. Each shard's list is exact LRU; across shards this is a sampled
-//! approximation in the spirit of Redis's, over whole shard tails: an item
-//! is evicted only when it is the least recently used of its shard and older
-//! than the tails of the other sampled shards. Concurrent stores may
-//! overshoot the limit by at most one item per storing thread until their
-//! eviction passes run.
+//! from the overshoot below. Both totals are global atomic counters. After
+//! heavy churn the server hands free pages in the middle of the heap back
+//! to the system ([`Store::trim`]), so items of one size replaced by items
+//! of another do not keep both resident.
+//!
+//! A store that pushes the total past the limit evicts until it is back
+//! under, by CLOCK: a hit sets the item's reference bit; each shard's hand
+//! sweeps its table, clearing set bits (a second chance) and stopping at
+//! unreferenced items, of which it takes the oldest in a window of four
+//! (last access in seconds, then CAS unique, which orders the items of one
+//! second). Across shards each eviction compares the candidates of up to 8
+//! non-empty shards, its own first, and evicts from the one whose
+//! candidate is oldest, never the item just stored; shards are locked one
+//! at a time. Concurrent stores may overshoot the limit by at most one
+//! item per storing thread until their eviction passes run.
 //!
 //! # Expiry and flush
 //!
@@ -40,32 +46,38 @@
 //! removed when touched by a command and by [`Store::sweep_expired`], which
 //! the server calls from a timer with a budget of slots to examine.
 //! `flush_all` without delay empties every shard at once; with a delay it
-//! records the flush time, and from then on items stored before that time
-//! read as absent (and are reclaimed lazily or by the sweep).
+//! records the flush time, and from then on items last stored or used
+//! before that time read as absent (and are reclaimed lazily or by the
+//! sweep), as memcached decides it on the item's last-access time.
 //!
 //! # Files
 //!
-//! This file holds the commands; [`shard`] the layout, [`evict`] the memory
+//! This file holds the commands; [`item`] the item block, [`table`] the
+//! index, [`shard`] a shard and its CLOCK hand, [`evict`] the memory
 //! limit, [`expiry`] the clock, expiry and flush, [`stats`] the counters,
 //! [`journal`] the link to the append-only log.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use crate::aof::{Journal, Record};
 
 mod evict;
 mod expiry;
+mod item;
 mod journal;
 mod meta;
 mod shard;
 mod stats;
+mod table;
 #[cfg(test)]
 mod tests;
 
 pub use expiry::Clock;
+use item::bit;
+pub use item::{item_bytes, Value};
 pub use meta::{MetaGetOpts, SetOpts};
-use shard::{Dead, Entry, MetaBits, Shard, NIL};
+use shard::{item_of, Dead, MetaBits, Shard};
 use stats::bump;
 pub use stats::Stats;
 
@@ -99,23 +111,17 @@ pub fn malloc_bytes(n: usize) -> usize {
     }
 }
 
-/// Bytes an `Arc<[u8]>` of `len` bytes takes: two counters and the bytes,
-/// padded to 8, as malloc rounds it.
-pub fn arc_bytes(len: usize) -> usize {
-    malloc_bytes((16 + len + 7) & !7)
+/// What one more item costs at least: its allocation plus its share of a
+/// full index (one 8-byte slot at the table's highest load).
+pub fn item_cost(key_len: usize, value_len: usize) -> usize {
+    item_bytes(key_len, value_len) + INDEX_SLOT_BYTES
 }
 
-/// What one more item costs at least: its allocations plus one slot of
-/// the index (slab entry, links, hash map entry at full load).
-pub fn item_cost(key_len: usize, value_len: usize) -> usize {
-    arc_bytes(key_len) + arc_bytes(value_len) + shard::SLOT_BYTES
-}
+/// One item's share of a full index: an 8-byte slot at 13/16 load.
+const INDEX_SLOT_BYTES: usize = 8 * 16 / 13 + 1;
 /// Expiry values up to this many seconds are relative to now; larger ones
 /// are absolute Unix times.
 pub const REL_EXPIRY_MAX: i64 = 60 * 60 * 24 * 30;
-
-/// An item's value bytes, shared so reads can copy them outside the lock.
-pub type Value = Arc<[u8]>;
 
 /// A copy of an item as a read returns it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -212,7 +218,6 @@ pub struct Store {
     flush_at: AtomicU64,
     sweep_shard: AtomicUsize,
     evict_cursor: AtomicUsize,
-    epoch: std::time::Instant,
     clock: Clock,
     journal: OnceLock<Journal>,
     /// Statistics.
@@ -230,18 +235,18 @@ impl Store {
 
     /// A store with a memory limit in bytes and the given clock.
     pub fn with_clock(limit_bytes: usize, clock: Clock) -> Store {
+        let hasher = std::collections::hash_map::RandomState::new();
         Store {
             shards: (0..shard_count(limit_bytes))
-                .map(|_| Mutex::new(Shard::new()))
+                .map(|_| Mutex::new(Shard::new(hasher.clone())))
                 .collect(),
-            hasher: Default::default(),
+            hasher,
             cas: AtomicU64::new(0),
             limit: AtomicUsize::new(limit_bytes),
             item_max: AtomicUsize::new(usize::MAX),
             flush_at: AtomicU64::new(0),
             sweep_shard: AtomicUsize::new(0),
             evict_cursor: AtomicUsize::new(0),
-            epoch: std::time::Instant::now(),
             clock,
             journal: OnceLock::new(),
             stats: Stats::default(),
@@ -292,23 +297,26 @@ impl Store {
         self.cas.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    /// Why the entry at `idx` is dead, if it is.
-    fn dead(&self, e: &Entry, now: u64) -> Option<Dead> {
-        if e.exptime != 0 && e.exptime <= now {
+    /// Why the item `e` is dead, if it is. A delayed flush kills what was
+    /// last stored or used before its time (as memcached, which compares
+    /// the item's last-access time): an item used after the flush time was
+    /// found alive then, so it was stored after it.
+    fn dead(&self, e: &Value, now: u64) -> Option<Dead> {
+        let exptime = e.exptime();
+        if exptime != 0 && exptime <= now {
             return Some(Dead::Expired);
         }
         let f = self.flush_at.load(Ordering::Relaxed);
-        if f != 0 && f <= now && e.stored < f {
+        if f != 0 && f <= now && e.time() < f {
             return Some(Dead::Flushed);
         }
         None
     }
 
     /// Finds a live entry, reclaiming a dead one on the way.
-    fn find(&self, sh: &mut Shard, key: &[u8], now: u64) -> (Option<u32>, Option<Dead>) {
-        let idx = match sh.map.get(key) {
-            Some(&i) => i,
-            None => return (None, None),
+    fn find(&self, sh: &mut Shard, key: &[u8], now: u64) -> (Option<usize>, Option<Dead>) {
+        let Some(idx) = sh.find(key) else {
+            return (None, None);
         };
         match self.dead(sh.entry(idx), now) {
             None => (Some(idx), None),
@@ -323,7 +331,7 @@ impl Store {
     /// Removes a key without journaling it.
     fn forget(&self, key: &[u8]) {
         let mut sh = self.lock(self.shard_of(key));
-        if let Some(&idx) = sh.map.get(key) {
+        if let Some(idx) = sh.find(key) {
             sh.remove(idx, &self.stats);
         }
     }
@@ -336,11 +344,11 @@ impl Store {
         let mut sh = self.lock(i);
         let (found, dead) = self.find(&mut sh, key, now);
         let out = found.map(|idx| {
-            sh.bump(idx, self.tick());
-            let e = sh.entry_mut(idx);
-            e.meta.fetched = true;
-            e.meta.access = now;
-            e.item()
+            sh.bump(idx);
+            let e = sh.entry(idx);
+            e.set_bits(bit::FETCHED, true);
+            e.set_time(now);
+            item_of(e)
         });
         drop(sh);
         self.count_get(&out, dead);
@@ -398,12 +406,12 @@ impl Store {
             self.journal_wait(ticket, key)?;
             return Ok(None);
         };
-        sh.bump(idx, self.tick());
-        let e = sh.entry_mut(idx);
-        e.exptime = exp;
-        e.meta.fetched = true;
-        e.meta.access = now;
-        let item = e.item();
+        sh.bump(idx);
+        let e = sh.entry(idx);
+        e.set_exptime(exp);
+        e.set_bits(bit::FETCHED, true);
+        e.set_time(now);
+        let item = item_of(e);
         let ticket = self.journal_submit(|| Record::Touch {
             key: key.into(),
             exptime: exp,
@@ -419,7 +427,7 @@ impl Store {
         &self,
         mode: Mode,
         key: &[u8],
-        data: Value,
+        data: impl AsRef<[u8]>,
         flags: u32,
         exptime: i64,
     ) -> Persisted<StoreStatus> {
@@ -433,7 +441,7 @@ impl Store {
         &self,
         mode: Mode,
         key: &[u8],
-        data: Value,
+        data: impl AsRef<[u8]>,
         flags: u32,
         exp: u64,
     ) -> Persisted<StoreStatus> {
@@ -445,34 +453,46 @@ impl Store {
         &self,
         mode: Mode,
         key: &[u8],
-        data: Value,
+        data: impl AsRef<[u8]>,
         flags: u32,
         exp: u64,
         opts: SetOpts,
     ) -> Persisted<StoreStatus> {
+        let data = data.as_ref();
+        if key.len() > item::KEY_LEN_MAX {
+            return Ok(StoreStatus::NotStored);
+        }
         if item_cost(key.len(), data.len()) > self.limit() {
             return Ok(StoreStatus::NoMemory);
         }
+        let item_max = self.item_max.load(Ordering::Relaxed).min(item::VALUE_MAX);
+        if data.len() > item_max {
+            return Ok(StoreStatus::TooLarge);
+        }
         self.journal_check()?;
         let now = self.now();
+        // Everything but append and prepend stores `data` as it is: build
+        // the item before taking the lock (its CAS unique is set under it).
+        let fresh = match mode {
+            Mode::Append | Mode::Prepend => None,
+            _ => Some(Value::build(key, &[data], flags, exp, now, 0)),
+        };
         let i = self.shard_of(key);
         let mut sh = self.lock(i);
         let (found, _) = self.find(&mut sh, key, now);
-        let (value, flags, exp) = match (mode, found) {
-            (Mode::Set, _) => (data, flags, exp),
-            (Mode::Add, None) => (data, flags, exp),
-            (Mode::Add, Some(idx)) => {
+        let item = match (mode, found, fresh) {
+            (Mode::Add, Some(idx), _) => {
                 // memcached refreshes the existing item's LRU position.
-                sh.bump(idx, self.tick());
+                sh.bump(idx);
                 return Ok(StoreStatus::NotStored);
             }
-            (Mode::Replace | Mode::Append | Mode::Prepend, None) => {
+            (Mode::Replace | Mode::Append | Mode::Prepend, None, _) => {
                 let ticket = self.journal_absent(key);
                 drop(sh);
                 self.journal_wait(ticket, key)?;
                 return Ok(StoreStatus::NotStored);
             }
-            (Mode::Cas(_), None) => {
+            (Mode::Cas(_), None, _) => {
                 bump(&self.stats.cas_misses);
                 let ticket = self.journal_absent(key);
                 drop(sh);
@@ -482,93 +502,64 @@ impl Store {
             // Invalidation mode: an older CAS still stores, as a stale
             // item (the write of a client that lost a race is kept until
             // the winner's).
-            (Mode::Cas(c), Some(idx)) if opts.invalidate && c < sh.entry(idx).cas => {
-                (data, flags, exp)
-            }
-            (Mode::Cas(c), Some(idx)) if sh.entry(idx).cas != c => {
+            (Mode::Cas(c), Some(idx), _)
+                if !(opts.invalidate && c < sh.entry(idx).cas()) && sh.entry(idx).cas() != c =>
+            {
                 bump(&self.stats.cas_badval);
                 return Ok(StoreStatus::Exists);
             }
-            (Mode::Cas(_) | Mode::Replace, Some(_)) => (data, flags, exp),
-            (Mode::Append, Some(idx)) => {
+            (Mode::Append | Mode::Prepend, Some(idx), _) => {
                 let e = sh.entry(idx);
-                let mut v = Vec::with_capacity(e.value.len() + data.len());
-                v.extend_from_slice(&e.value);
-                v.extend_from_slice(&data);
-                (Value::from(v), e.flags, e.exptime)
+                if e.len() + data.len() > item_max {
+                    return Ok(StoreStatus::TooLarge);
+                }
+                let parts: [&[u8]; 2] = if mode == Mode::Append {
+                    [e, data]
+                } else {
+                    [data, e]
+                };
+                Value::build(key, &parts, e.flags(), e.exptime(), now, 0)
             }
-            (Mode::Prepend, Some(idx)) => {
-                let e = sh.entry(idx);
-                let mut v = Vec::with_capacity(e.value.len() + data.len());
-                v.extend_from_slice(&data);
-                v.extend_from_slice(&e.value);
-                (Value::from(v), e.flags, e.exptime)
-            }
+            (_, _, Some(fresh)) => fresh,
+            (_, _, None) => unreachable!("only append and prepend build under the lock"),
         };
-        if value.len() > self.item_max.load(Ordering::Relaxed) {
-            return Ok(StoreStatus::TooLarge);
+        if opts.invalidate {
+            if let (Mode::Cas(c), Some(idx)) = (mode, found) {
+                item.set_bits(bit::STALE, c < sh.entry(idx).cas());
+            }
         }
-        let stale = match (mode, found) {
-            (Mode::Cas(c), Some(idx)) => opts.invalidate && c < sh.entry(idx).cas,
-            _ => false,
-        };
+        item.set_bits(bit::BINARY_KEY, opts.binary_key);
         if let Mode::Cas(_) = mode {
             bump(&self.stats.cas_hits);
         }
         let cas = opts.new_cas.unwrap_or_else(|| self.next_cas());
+        item.set_cas(cas);
         let ticket = self.journal_submit(|| Record::Set {
             key: key.into(),
-            value: value.clone(),
-            flags,
-            exptime: exp,
+            value: item.clone(),
+            flags: item.flags(),
+            exptime: item.exptime(),
             stored: now,
             cas,
         });
-        let idx = self.put(&mut sh, found, key, value, flags, exp, now, cas);
-        let e = sh.entry_mut(idx);
-        e.meta.stale = stale;
-        e.meta.binary_key = opts.binary_key;
+        self.put(&mut sh, found, item);
         drop(sh);
         self.journal_wait(ticket, key)?;
         self.evict(i, Some(key));
         Ok(StoreStatus::Stored(cas))
     }
 
-    /// Writes a value into the shard (replacing or inserting); returns
-    /// its slot.
-    #[allow(clippy::too_many_arguments)]
-    fn put(
-        &self,
-        sh: &mut Shard,
-        found: Option<u32>,
-        key: &[u8],
-        value: Value,
-        flags: u32,
-        exp: u64,
-        now: u64,
-        cas: u64,
-    ) -> u32 {
+    /// Puts a built item into the shard, replacing the one in slot `found`
+    /// (same key) or inserting it; returns its slot.
+    fn put(&self, sh: &mut Shard, found: Option<usize>, item: Value) -> usize {
         bump(&self.stats.total_items);
-        let atime = self.tick();
         match found {
             Some(idx) => {
-                sh.replace(idx, value, flags, exp, now, cas, &self.stats);
-                sh.bump(idx, atime);
+                sh.replace(idx, item, &self.stats);
+                sh.bump(idx);
                 idx
             }
-            None => sh.insert(
-                Entry {
-                    key: key.into(),
-                    value,
-                    flags,
-                    exptime: exp,
-                    stored: now,
-                    cas,
-                    atime,
-                    meta: MetaBits::new(now),
-                },
-                &self.stats,
-            ),
+            None => sh.insert(item, &self.stats),
         }
     }
 
@@ -584,7 +575,7 @@ impl Store {
         let (found, _) = self.find(&mut sh, key, now);
         let status = match found {
             None => DeleteStatus::NotFound,
-            Some(idx) if cas != 0 && sh.entry(idx).cas != cas => DeleteStatus::Exists,
+            Some(idx) if cas != 0 && sh.entry(idx).cas() != cas => DeleteStatus::Exists,
             Some(idx) => {
                 sh.remove(idx, &self.stats);
                 DeleteStatus::Deleted
@@ -630,6 +621,9 @@ impl Store {
         cas: u64,
         new_cas: Option<u64>,
     ) -> Persisted<DeltaStatus> {
+        if key.len() > item::KEY_LEN_MAX {
+            return Ok(DeltaStatus::NotFound);
+        }
         self.journal_check()?;
         let now = self.now();
         let i = self.shard_of(key);
@@ -656,10 +650,10 @@ impl Store {
             },
             Some(idx) => {
                 let e = sh.entry(idx);
-                if cas != 0 && e.cas != cas {
+                if cas != 0 && e.cas() != cas {
                     return Ok(DeltaStatus::Exists);
                 }
-                let Some(cur) = parse_decimal(&e.value) else {
+                let Some(cur) = parse_decimal(e) else {
                     return Ok(DeltaStatus::NonNumeric);
                 };
                 bump(hits);
@@ -668,7 +662,7 @@ impl Store {
                 } else {
                     cur.saturating_sub(by)
                 };
-                (n, e.flags, e.exptime, e.value.len())
+                (n, e.flags(), e.exptime(), e.len())
             }
         };
         // As memcached, which rewrites a shorter number in place: the
@@ -677,17 +671,17 @@ impl Store {
         if digits.len() < old_len {
             digits.resize(old_len, b' ');
         }
-        let value: Value = Value::from(digits);
         let c = new_cas.unwrap_or_else(|| self.next_cas());
+        let item = Value::build(key, &[&digits], flags, exp, now, c);
         let ticket = self.journal_submit(|| Record::Set {
             key: key.into(),
-            value: value.clone(),
+            value: item.clone(),
             flags,
-            exptime: exp,
+            exptime: item.exptime(),
             stored: now,
             cas: c,
         });
-        self.put(&mut sh, found, key, value, flags, exp, now, c);
+        self.put(&mut sh, found, item);
         drop(sh);
         self.journal_wait(ticket, key)?;
         if found.is_none() {

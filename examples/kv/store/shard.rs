@@ -1,38 +1,17 @@
-//! One shard: a hash map from key to a slot in a slab, and an intrusive
-//! LRU list through the slots (see "Layout" in the parent module).
+//! One shard: an open-addressing index of items and the CLOCK hand that
+//! picks evictions in it (see "Layout" in the parent module).
 
-use std::collections::HashMap;
-use std::mem::size_of;
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
+use super::item::bit;
+use super::table::Table;
 use super::*;
 
-pub(super) const NIL: u32 = u32::MAX;
-
-/// One item's share of a full index: its slab entry, its links and its
-/// hash map entry at hashbrown's full load (7/8).
-pub(super) const SLOT_BYTES: usize =
-    size_of::<Option<Entry>>() + size_of::<Link>() + (size_of::<(Arc<[u8]>, u32)>() + 1) * 8 / 7;
-
-#[derive(Debug)]
-pub(crate) struct Entry {
-    pub(super) key: Arc<[u8]>,
-    pub(super) value: Value,
-    pub(super) flags: u32,
-    pub(super) exptime: u64,
-    /// When the item was stored (Unix seconds), for delayed flushes.
-    pub(super) stored: u64,
-    pub(super) cas: u64,
-    /// Last use, in `Store::tick` units, to compare LRU tails across
-    /// shards.
-    pub(super) atime: u64,
-    /// What the meta protocol reports and acts on.
-    pub(super) meta: MetaBits,
-}
-
 /// Per-item state of the meta protocol (memcached's `ITEM_FETCHED`,
-/// `ITEM_STALE`, `ITEM_TOKEN_SENT` and last-access time).
+/// `ITEM_STALE`, `ITEM_TOKEN_SENT` and last-access time), as read from an
+/// item's header.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct MetaBits {
     /// Read since it was stored.
@@ -48,54 +27,49 @@ pub(crate) struct MetaBits {
 }
 
 impl MetaBits {
-    pub(super) fn new(now: u64) -> MetaBits {
+    pub(super) fn of(v: &Value) -> MetaBits {
         MetaBits {
-            fetched: false,
-            stale: false,
-            token_sent: false,
-            access: now,
-            binary_key: false,
+            fetched: v.has(bit::FETCHED),
+            stale: v.has(bit::STALE),
+            token_sent: v.has(bit::TOKEN_SENT),
+            access: v.time(),
+            binary_key: v.has(bit::BINARY_KEY),
         }
     }
 }
 
-impl Entry {
-    /// What the item's own allocations cost (its slot in the index is
-    /// charged with the index).
-    fn size(&self) -> usize {
-        arc_bytes(self.key.len()) + arc_bytes(self.value.len())
-    }
-
-    pub(super) fn item(&self) -> Item {
-        Item {
-            value: self.value.clone(),
-            flags: self.flags,
-            exptime: self.exptime,
-            cas: self.cas,
-        }
+/// A copy of the item in `v` as a read returns it.
+pub(super) fn item_of(v: &Value) -> Item {
+    Item {
+        value: v.clone(),
+        flags: v.flags(),
+        exptime: v.exptime(),
+        cas: v.cas(),
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Link {
-    pub(super) prev: u32,
-    next: u32,
+/// Unreferenced items CLOCK compares per pick.
+const CLOCK_WINDOW: usize = 4;
+/// Slots [`Shard::peek`] looks at, at most.
+const PEEK_SLOTS: usize = 64;
+
+/// How old an item is, for eviction: last stored or used (seconds), then
+/// its CAS unique (which grows with every store, so it orders the items of
+/// one second).
+pub(super) fn age(v: &Value) -> (u64, u64) {
+    (v.time(), v.cas())
 }
 
-/// One shard: map, slab of entries, LRU list (head = most recent).
+/// One shard: the index and the CLOCK hand.
 #[derive(Debug)]
 pub(crate) struct Shard {
-    pub(super) map: HashMap<Arc<[u8]>, u32>,
-    pub(super) slots: Vec<Option<Entry>>,
-    pub(super) links: Vec<Link>,
-    free: Vec<u32>,
-    head: u32,
-    pub(super) tail: u32,
+    table: Table,
+    hasher: RandomState,
+    /// CLOCK's hand: the next slot it examines.
+    hand: usize,
     pub(super) sweep_cursor: usize,
     /// What [`Shard::index_bytes`] was when last charged to the stats.
     index_charged: usize,
-    /// The hash map's largest capacity (see [`Shard::index_bytes`]).
-    map_cap: usize,
 }
 
 /// Why a lookup found nothing usable.
@@ -105,49 +79,24 @@ pub(crate) enum Dead {
 }
 
 impl Shard {
-    pub(super) fn new() -> Shard {
+    pub(super) fn new(hasher: RandomState) -> Shard {
         Shard {
-            map: HashMap::new(),
-            slots: Vec::new(),
-            links: Vec::new(),
-            free: Vec::new(),
-            head: NIL,
-            tail: NIL,
+            table: Table::default(),
+            hasher,
+            hand: 0,
             sweep_cursor: 0,
             index_charged: 0,
-            map_cap: 0,
         }
     }
 
-    /// Bytes the shard's index holds: the slab, its links and free list
-    /// and the hash map, at their capacity (slots freed by deletes and
-    /// evictions stay allocated and stay charged).
+    /// Bytes the shard's index holds: its slot array at capacity (slots
+    /// freed by deletes and evictions stay allocated and stay charged).
     pub(super) fn index_bytes(&self) -> usize {
-        // `capacity()` drops as removals leave tombstones; the table never
-        // shrinks, so its largest value is the table's.
-        let cap = self.map_cap.max(self.map.capacity());
-        // hashbrown keeps 7/8 of a power-of-two bucket count usable (all
-        // but one bucket below 8), plus one control byte per bucket and
-        // a group's worth more.
-        let buckets = match cap {
-            0 => 0,
-            1..=7 => cap + 1,
-            _ => cap / 7 * 8,
-        };
-        let map = if buckets == 0 {
-            0
-        } else {
-            malloc_bytes(buckets * (size_of::<(Arc<[u8]>, u32)>() + 1) + 16)
-        };
-        let vec = |bytes: usize| if bytes == 0 { 0 } else { malloc_bytes(bytes) };
-        map + vec(self.slots.capacity() * size_of::<Option<Entry>>())
-            + vec(self.links.capacity() * size_of::<Link>())
-            + vec(self.free.capacity() * size_of::<u32>())
+        self.table.bytes()
     }
 
     /// Brings the charged index size up to date.
     fn recharge(&mut self, stats: &Stats) {
-        self.map_cap = self.map_cap.max(self.map.capacity());
         let now = self.index_bytes();
         if now >= self.index_charged {
             stats
@@ -161,125 +110,67 @@ impl Shard {
         self.index_charged = now;
     }
 
-    pub(super) fn entry(&self, idx: u32) -> &Entry {
-        self.slots[idx as usize]
-            .as_ref()
-            .expect("LRU index points at a live slot")
+    fn hash(&self, key: &[u8]) -> u64 {
+        self.hasher.hash_one(key)
     }
 
-    pub(super) fn entry_mut(&mut self, idx: u32) -> &mut Entry {
-        self.slots[idx as usize]
-            .as_mut()
-            .expect("LRU index points at a live slot")
+    /// The slot of `key`, if present.
+    pub(super) fn find(&self, key: &[u8]) -> Option<usize> {
+        self.table.find(self.hash(key), key)
     }
 
-    fn unlink(&mut self, idx: u32) {
-        let Link { prev, next } = self.links[idx as usize];
-        if prev == NIL {
-            self.head = next;
-        } else {
-            self.links[prev as usize].next = next;
-        }
-        if next == NIL {
-            self.tail = prev;
-        } else {
-            self.links[next as usize].prev = prev;
-        }
+    /// The item in an occupied slot.
+    pub(super) fn entry(&self, i: usize) -> &Value {
+        self.table.get(i)
     }
 
-    fn push_front(&mut self, idx: u32) {
-        self.links[idx as usize] = Link {
-            prev: NIL,
-            next: self.head,
-        };
-        if self.head != NIL {
-            self.links[self.head as usize].prev = idx;
-        }
-        self.head = idx;
-        if self.tail == NIL {
-            self.tail = idx;
-        }
+    /// The item in slot `i`, if any (for walks over the slots).
+    pub(super) fn slot(&self, i: usize) -> Option<&Value> {
+        self.table.slot(i)
     }
 
-    /// Marks the entry used at `atime` and moves it to the LRU front.
-    pub(super) fn bump(&mut self, idx: u32, atime: u64) {
-        self.entry_mut(idx).atime = atime;
-        if self.head != idx {
-            self.unlink(idx);
-            self.push_front(idx);
-        }
+    /// Slots in the index.
+    pub(super) fn capacity(&self) -> usize {
+        self.table.capacity()
     }
 
-    /// Inserts a new entry (the key must not be present) at the LRU front.
-    pub(super) fn insert(&mut self, e: Entry, stats: &Stats) -> u32 {
-        stats.bytes.fetch_add(e.size() as u64, Ordering::Relaxed);
+    /// Items held.
+    pub(super) fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Marks the item in slot `i` used (CLOCK's reference bit).
+    pub(super) fn bump(&mut self, i: usize) {
+        self.table.get(i).set_bits(bit::REFERENCED, true);
+    }
+
+    /// Inserts a new item (its key must not be present); returns its slot.
+    pub(super) fn insert(&mut self, v: Value, stats: &Stats) -> usize {
+        stats.bytes.fetch_add(v.charge() as u64, Ordering::Relaxed);
         bump(&stats.curr_items);
-        let key = e.key.clone();
-        let idx = match self.free.pop() {
-            Some(i) => {
-                self.slots[i as usize] = Some(e);
-                i
-            }
-            None => {
-                // Grow by a quarter, not double: the slack is charged.
-                if self.slots.len() == self.slots.capacity() {
-                    let more = (self.slots.len() / 4).max(16);
-                    self.slots.reserve_exact(more);
-                    self.links.reserve_exact(more);
-                }
-                self.slots.push(Some(e));
-                self.links.push(Link {
-                    prev: NIL,
-                    next: NIL,
-                });
-                (self.slots.len() - 1) as u32
-            }
-        };
-        self.push_front(idx);
-        self.map.insert(key, idx);
+        let h = self.hash(v.key());
+        let hasher = &self.hasher;
+        let i = self.table.insert(h, v, |k| hasher.hash_one(k));
         self.recharge(stats);
-        idx
+        i
     }
 
-    /// Removes the entry at `idx` from map, list and slab.
-    pub(super) fn remove(&mut self, idx: u32, stats: &Stats) -> Entry {
-        self.unlink(idx);
-        let e = self.slots[idx as usize]
-            .take()
-            .expect("removing a live slot");
-        self.map.remove(&e.key[..]);
-        let cap = self.free.capacity();
-        self.free.push(idx);
-        if self.free.capacity() != cap {
-            self.recharge(stats);
-        }
-        stats.bytes.fetch_sub(e.size() as u64, Ordering::Relaxed);
+    /// Removes the item in slot `i`.
+    pub(super) fn remove(&mut self, i: usize, stats: &Stats) -> Value {
+        let hasher = &self.hasher;
+        let v = self.table.remove(i, |k| hasher.hash_one(k));
+        stats.bytes.fetch_sub(v.charge() as u64, Ordering::Relaxed);
+        stats.freed.fetch_add(v.charge() as u64, Ordering::Relaxed);
         stats.curr_items.fetch_sub(1, Ordering::Relaxed);
-        e
+        v
     }
 
-    /// Replaces the value/flags/expiry of a live entry in place, keeping
-    /// the byte count right (the caller bumps it).
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn replace(
-        &mut self,
-        idx: u32,
-        value: Value,
-        flags: u32,
-        exptime: u64,
-        now: u64,
-        cas: u64,
-        stats: &Stats,
-    ) {
-        let e = self.entry_mut(idx);
-        let old = e.size();
-        e.value = value;
-        e.flags = flags;
-        e.exptime = exptime;
-        e.stored = now;
-        e.cas = cas;
-        e.meta = MetaBits::new(now);
-        let new = e.size();
+    /// Puts a new item with the same key in slot `i`, keeping the byte
+    /// count right.
+    pub(super) fn replace(&mut self, i: usize, v: Value, stats: &Stats) {
+        let new = v.charge();
+        let old = self.table.replace(i, v).charge();
+        stats.freed.fetch_add(old as u64, Ordering::Relaxed);
         if new >= old {
             stats.bytes.fetch_add((new - old) as u64, Ordering::Relaxed);
         } else {
@@ -287,19 +178,96 @@ impl Shard {
         }
     }
 
+    /// The age ([`age`]) of the item [`Shard::evict`] would take now, for
+    /// comparing shards; changes nothing. It looks at most
+    /// [`PEEK_SLOTS`] slots ahead of the hand; a shard whose items there
+    /// are all recently used (or that has items only further on) answers
+    /// "newest possible", so it is chosen only when no other shard has a
+    /// candidate. `None`: nothing but `keep` to evict.
+    pub(super) fn peek(&self, keep: Option<&[u8]>) -> Option<(u64, u64)> {
+        let held = self.table.len();
+        let keep_here = keep.is_some_and(|k| self.find(k).is_some());
+        if held == 0 || (held == 1 && keep_here) {
+            return None;
+        }
+        let cap = self.table.capacity();
+        let mut i = self.hand & (cap - 1);
+        let mut best: Option<(u64, u64)> = None;
+        let mut seen = 0;
+        for _ in 0..cap.min(PEEK_SLOTS) {
+            if let Some(v) = self.table.slot(i) {
+                if !v.has(bit::REFERENCED) && keep.is_none_or(|k| k != v.key()) {
+                    best = Some(best.map_or(age(v), |b| b.min(age(v))));
+                    seen += 1;
+                    if seen == CLOCK_WINDOW {
+                        break;
+                    }
+                }
+            }
+            i = (i + 1) & (cap - 1);
+        }
+        Some(best.unwrap_or((u64::MAX, u64::MAX)))
+    }
+
+    /// CLOCK: evicts one item, never the one whose key is `keep`; returns
+    /// whether it did. The hand passes over empty slots and items whose
+    /// reference bit is set (clearing it: a second chance) until it has
+    /// seen [`CLOCK_WINDOW`] unreferenced items, takes the oldest of them
+    /// by [`age`] (slots follow the hash, not the order of arrival, so the
+    /// window is what makes an old item go before a new neighbour), and
+    /// moves past the window: the others wait for the next turn. Two turns
+    /// at most: after one, every bit is clear.
+    pub(super) fn evict(&mut self, keep: Option<&[u8]>, stats: &Stats) -> bool {
+        let cap = self.table.capacity();
+        if self.table.len() == 0 {
+            return false;
+        }
+        let mut i = self.hand & (cap - 1);
+        let mut best: Option<((u64, u64), usize)> = None;
+        let mut seen = 0;
+        for _ in 0..2 * cap {
+            if let Some(v) = self.table.slot(i) {
+                if keep.is_some_and(|k| k == v.key()) {
+                } else if v.has(bit::REFERENCED) {
+                    v.set_bits(bit::REFERENCED, false);
+                } else {
+                    if best.is_none_or(|(a, _)| age(v) < a) {
+                        best = Some((age(v), i));
+                    }
+                    seen += 1;
+                    if seen == CLOCK_WINDOW {
+                        break;
+                    }
+                }
+            }
+            i = (i + 1) & (cap - 1);
+        }
+        let Some((_, pick)) = best else {
+            return false;
+        };
+        // Past the window; the removal below shifts entries back only
+        // within the pick's cluster, which the hand has passed or will
+        // pass: nothing is skipped for long.
+        self.hand = (i + 1) & (cap - 1);
+        self.remove(pick, stats);
+        true
+    }
+
+    /// Drops every item and the index.
     pub(super) fn clear(&mut self, stats: &Stats) {
-        let charged = self.index_charged;
         let mut n = 0u64;
         let mut bytes = 0u64;
-        for e in self.slots.iter().flatten() {
-            n += 1;
-            bytes += e.size() as u64;
+        for i in 0..self.table.capacity() {
+            if let Some(v) = self.table.slot(i) {
+                n += 1;
+                bytes += v.charge() as u64;
+            }
         }
         stats.curr_items.fetch_sub(n, Ordering::Relaxed);
         stats.bytes.fetch_sub(bytes, Ordering::Relaxed);
-        *self = Shard::new();
-        stats
-            .index_bytes
-            .fetch_sub(charged as u64, Ordering::Relaxed);
+        self.table.clear();
+        self.hand = 0;
+        self.sweep_cursor = 0;
+        self.recharge(stats);
     }
 }

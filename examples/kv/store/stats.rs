@@ -54,8 +54,11 @@ pub struct Stats {
     /// Bytes the items' own allocations take, as the allocator rounds
     /// them (see [`super::arc_bytes`]).
     pub bytes: AtomicU64,
-    /// Bytes the index takes (slabs, links, hash maps, at capacity).
+    /// Bytes the index takes (the shards' slot arrays, at capacity).
     pub index_bytes: AtomicU64,
+    /// Bytes of items removed or replaced since free memory was last given
+    /// back to the system (see [`super::Store::trim`]).
+    pub freed: AtomicU64,
 }
 
 /// Shorthand for a relaxed increment.
