@@ -551,6 +551,8 @@ fn draw_panel(
     // Pixel width of one server's slot, to place sub-bars' labels and dots.
     let slot = chart.plotting_area().dim_in_pixel().0 as f64 / servers.len() as f64;
     let k = spec.metrics.len();
+    // Space on each side of a server's bars: an eighth of its slot.
+    let gap = ((slot / 8.0).round() as u32).max(4);
     let value_font =
         TextStyle::from((FONT, 13).into_font()).pos(Pos::new(HPos::Center, VPos::Bottom));
     for (i, per_metric) in bars.iter().enumerate() {
@@ -558,8 +560,11 @@ fn draw_panel(
         for (j, (metric, value)) in spec.metrics.iter().zip(per_metric).enumerate() {
             let fill = if metric.light { light(colour) } else { colour };
             // Sub-bar j of k spans [left, right) of the slot.
-            let (left, right, lm, rm) = bar_span(i, j, k);
-            let centre = (slot * (j as f64 + 0.5) / k as f64).round() as i32;
+            let (left, right, lm, rm) = bar_span(i, j, k, gap);
+            // The bar's pixel centre from the slot's left edge.
+            let from = slot * j as f64 / k as f64 + lm as f64;
+            let to = slot * (j + 1) as f64 / k as f64 - rm as f64;
+            let centre = ((from + to) / 2.0).round() as i32;
             if let Some(v) = *value {
                 let mut bar =
                     Rectangle::new([(left.clone(), 0.0), (right.clone(), v)], fill.filled());
@@ -604,13 +609,19 @@ fn records_of<'a>(
 }
 
 /// The x extent of sub-bar `j` of `k` (one or two) in server slot `i`, with
-/// the pixel margins that leave a gap between servers.
-fn bar_span(i: usize, j: usize, k: usize) -> (SegmentValue<usize>, SegmentValue<usize>, u32, u32) {
+/// the pixel margins that leave `gap` pixels on each side of the server's
+/// bars.
+fn bar_span(
+    i: usize,
+    j: usize,
+    k: usize,
+    gap: u32,
+) -> (SegmentValue<usize>, SegmentValue<usize>, u32, u32) {
     use SegmentValue::{CenterOf, Exact};
     match (k, j) {
-        (2, 0) => (Exact(i), CenterOf(i), 8, 0),
-        (2, _) => (CenterOf(i), Exact(i + 1), 0, 8),
-        _ => (Exact(i), Exact(i + 1), 10, 10),
+        (2, 0) => (Exact(i), CenterOf(i), gap, 0),
+        (2, _) => (CenterOf(i), Exact(i + 1), 0, gap),
+        _ => (Exact(i), Exact(i + 1), gap, gap),
     }
 }
 
