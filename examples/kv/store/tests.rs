@@ -657,3 +657,53 @@ fn old_unused_items_are_evicted_in_time() {
         }
     }
 }
+
+/// The same, deterministically: the walk's own callback (which runs
+/// without locks, between batches) deletes keys of the shard being walked,
+/// so clusters shift back across the walk's position, and twice adds
+/// enough keys to double the tables.
+#[test]
+fn the_walk_misses_no_untouched_item_when_tables_grow_and_shift() {
+    let st = store();
+    let mut gone: Vec<Vec<String>> = vec![Vec::new(); st.shards.len()];
+    for i in 0..20_000 {
+        st.store(Mode::Set, format!("keep{i}").as_bytes(), v("k"), 0, 0)
+            .unwrap();
+        let g = format!("gone{i}");
+        st.store(Mode::Set, g.as_bytes(), v("g"), 0, 0).unwrap();
+        gone[st.shard_of(g.as_bytes())].push(g);
+    }
+    let caps_before: Vec<usize> = (0..st.shards.len())
+        .map(|i| st.lock(i).capacity())
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    let mut calls = 0usize;
+    st.for_each_live(|k, _, _| {
+        calls += 1;
+        if k.starts_with(b"keep") {
+            seen.insert(k.to_vec());
+        }
+        for _ in 0..2 {
+            if let Some(g) = gone[st.shard_of(k)].pop() {
+                st.delete(g.as_bytes(), 0).unwrap();
+            }
+        }
+        if calls == 5_000 || calls == 15_000 {
+            for j in 0..40_000 {
+                st.store(
+                    Mode::Set,
+                    format!("new{calls}-{j}").as_bytes(),
+                    v("n"),
+                    0,
+                    0,
+                )
+                .unwrap();
+            }
+        }
+    });
+    let grown = (0..st.shards.len())
+        .filter(|&i| st.lock(i).capacity() > caps_before[i])
+        .count();
+    assert!(grown > 0, "the tables grew during the walk");
+    assert_eq!(seen.len(), 20_000);
+}
