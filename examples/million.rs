@@ -84,7 +84,7 @@ fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
-fn main() {
+pub(crate) fn main() {
     let args = Args::parse();
     let n = args.fibers;
     let rt = weave::Runtime::builder()
