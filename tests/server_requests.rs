@@ -235,3 +235,53 @@ fn graceful_shutdown_closes_idle_connections() {
         assert_eq!(c.read_to_end(&mut rest).unwrap_or(0), 0);
     }
 }
+
+/// The handover race: each client sends a line, and a second one right
+/// behind it in its own write, so the second often lands just as the
+/// first request's handler returns and its connection goes idle. A wakeup
+/// lost there leaves the client waiting for its second answer (the read
+/// times out and the test fails). Many rounds, from several threads.
+#[test]
+fn input_arriving_as_a_connection_goes_idle_is_never_lost() {
+    let (addr, live, stop) = start(None);
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            thread::spawn(move || {
+                let mut conns: Vec<_> = (0..25).map(|_| connect(addr)).collect();
+                for round in 1..=150u64 {
+                    for (i, c) in conns.iter_mut().enumerate() {
+                        c.get_mut()
+                            .write_all(format!("p{t}.{i}\n").as_bytes())
+                            .unwrap();
+                        c.get_mut()
+                            .write_all(format!("q{t}.{i}\n").as_bytes())
+                            .unwrap();
+                        // The two lines may be answered by one request or
+                        // two; either way both answers come, in order.
+                        let mut l = String::new();
+                        c.read_line(&mut l).unwrap();
+                        assert_eq!(l, format!("{} p{t}.{i}\n", 2 * round - 1));
+                        l.clear();
+                        c.read_line(&mut l).unwrap();
+                        assert_eq!(l, format!("{} q{t}.{i}\n", 2 * round));
+                    }
+                }
+                conns
+            })
+        })
+        .collect();
+    let conns: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let mut spins = 0;
+    while live.load(Ordering::SeqCst) != 0 {
+        spins += 1;
+        assert!(
+            spins < 30_000,
+            "requests still running with all clients idle"
+        );
+        thread::sleep(Duration::from_millis(1));
+    }
+    drop(conns);
+    let s = stop();
+    assert_eq!(s.counters.accepted, 100);
+    assert_eq!(s.counters.errors + s.counters.panics, 0);
+}

@@ -138,10 +138,15 @@ impl WaitList {
     }
 }
 
+/// What runs, once, on the poller's worker when a socket with no reader
+/// waiting becomes readable (see [`IoSource::on_readable`]).
+pub(crate) type ReadHook = Box<dyn FnOnce() + Send>;
+
 #[derive(Default)]
 struct Waiters {
     readers: WaitList,
     writers: WaitList,
+    on_read: Option<ReadHook>,
 }
 
 /// Readiness and waiters of one registered socket.
@@ -175,11 +180,22 @@ impl ScheduledIo {
                 Some((tick << TICK_SHIFT) | (v & (READ | WRITE | HUP)) | ready)
             });
         let mut w = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        let mut hook = None;
         if ready & READ != 0 {
             w.readers.wake_all();
+            hook = w.on_read.take();
         }
         if ready & WRITE != 0 {
             w.writers.wake_all();
+        }
+        drop(w);
+        if let Some(hook) = hook {
+            // The hook is the server's code, run on the worker's own stack:
+            // nothing it does may unwind into the worker loop.
+            if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(hook)) {
+                log::error!("weave: a readiness hook panicked; its connection is dropped");
+                crate::fiber::drop_payload(payload);
+            }
         }
     }
 
@@ -276,6 +292,36 @@ impl<S: mio::event::Source + AsRawFd> IoSource<S> {
     pub(crate) fn read_hint(&self) -> Option<bool> {
         let v = self.reg.get()?.io.readiness.load(Ordering::Acquire);
         Some(v & (READ | HUP) != 0)
+    }
+
+    /// Hands `hook` to the reactor, to be run once on the poller's worker
+    /// (outside any fiber) when the socket is next reported readable: input,
+    /// end of file or an error. Registers the socket first if needed, so it
+    /// must be called on a fiber. Gives the hook back instead when the
+    /// reactor already knows of pending input (the read bit is set, or a
+    /// hang-up was reported), or when no poller can report anything (not on
+    /// a fiber, a registration error, the poller's runtime is gone).
+    ///
+    /// The check and the hand-over happen under the lock the poller takes
+    /// after setting the read bit, so an event is never missed: either the
+    /// poller finds the hook, or the caller finds the bit. Input already
+    /// queued in the kernel when the socket is first registered raises an
+    /// event too. At most one hook per socket; it is dropped, unrun, with
+    /// the registration.
+    pub(crate) fn on_readable(&self, hook: ReadHook) -> Result<(), ReadHook> {
+        if !context::in_fiber() {
+            return Err(hook);
+        }
+        let reg = match self.registration() {
+            Ok(r) if !r.poller_gone() => r,
+            _ => return Err(hook),
+        };
+        let mut w = reg.io.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        if reg.io.readiness.load(Ordering::Acquire) & (READ | HUP) != 0 {
+            return Err(hook);
+        }
+        w.on_read = Some(hook);
+        Ok(())
     }
 
     /// Asks the kernel, with a zero-timeout `poll(2)`, whether input,

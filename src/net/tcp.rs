@@ -477,6 +477,12 @@ impl TcpStream {
         self.io.poll_readable_now()
     }
 
+    /// Runs `hook` once when the socket is next readable (see
+    /// `IoSource::on_readable`), or gives it back at once.
+    pub(crate) fn on_readable(&self, hook: crate::io::ReadHook) -> Result<(), crate::io::ReadHook> {
+        self.io.on_readable(hook)
+    }
+
     fn read_inner(&self, buf: &mut [u8]) -> io::Result<usize> {
         let want = buf.len();
         self.io

@@ -205,10 +205,21 @@ impl UnixStream {
     }
 
     fn read_inner(&self, buf: &mut [u8]) -> io::Result<usize> {
+        let want = buf.len();
         self.io
-            .do_io(Direction::Read, self.read_timeout.deadline(), |mut s| {
-                s.read(buf)
-            })
+            .do_read(self.read_timeout.deadline(), want, |mut s| s.read(buf))
+    }
+
+    /// Runs `hook` once when the socket is next readable (see
+    /// `IoSource::on_readable`), or gives it back at once.
+    pub(crate) fn on_readable(&self, hook: crate::io::ReadHook) -> Result<(), crate::io::ReadHook> {
+        self.io.on_readable(hook)
+    }
+
+    /// Whether input, end-of-file or an error is pending, asked of the
+    /// kernel (see `TcpStream::poll_read_ready`).
+    pub(crate) fn poll_read_ready(&self) -> io::Result<bool> {
+        self.io.poll_readable_now()
     }
 
     fn read_vectored_inner(&self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {

@@ -200,6 +200,25 @@ impl Conn {
         }
     }
 
+    /// Whether input, end of file or an error is pending, asked of the
+    /// kernel with a zero-timeout `poll(2)`; clears a stale read bit.
+    pub(crate) fn poll_read_ready(&self) -> io::Result<bool> {
+        match &self.stream {
+            Stream::Tcp(s) => s.poll_read_ready(),
+            Stream::Unix(s) => s.poll_read_ready(),
+        }
+    }
+
+    /// Runs `hook` once, on the reactor's worker, when the connection is
+    /// next readable, or gives it back at once when input is already known
+    /// to be pending or nothing can report it (see `IoSource::on_readable`).
+    pub(crate) fn on_readable(&self, hook: crate::io::ReadHook) -> Result<(), crate::io::ReadHook> {
+        match &self.stream {
+            Stream::Tcp(s) => s.on_readable(hook),
+            Stream::Unix(s) => s.on_readable(hook),
+        }
+    }
+
     fn note_read(&self, r: &io::Result<usize>) {
         if let Ok(n) = r {
             if *n > 0 {

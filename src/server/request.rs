@@ -13,15 +13,16 @@
 //! # How
 //!
 //! [`Server::serve_requests`](super::Server::serve_requests) keeps, per
-//! worker, a *dispatcher*: an `epoll` set of the idle connections of that
-//! worker, itself waited on by one fiber through the reactor. An idle
-//! connection is its socket, its tracking record and the handler's
-//! per-connection state `S`, in a slot of the dispatcher's table, armed in
-//! the set with `EPOLLONESHOT`.
+//! worker, a table of connections. An idle connection is its socket, its
+//! tracking record and the handler's per-connection state `S`, in a slot of
+//! that table; the reactor holds a *read hook* for it, handed over with
+//! the socket's waiter list (`IoSource::on_readable`), where a blocked
+//! reader would have put its fiber.
 //!
 //! 1. When the socket becomes readable (data, end of file, an error), the
-//!    dispatcher takes the connection out of its slot and spawns a fiber
-//!    for it: a stack from the pool, like any fiber.
+//!    reactor runs the hook on its worker: the hook takes the connection
+//!    out of its slot and spawns a fiber for it, with a stack from the
+//!    pool like any fiber.
 //! 2. That fiber takes a read buffer from the server's pool (16 KiB, empty)
 //!    and calls the handler with a [`Request`]: the connection, the state
 //!    and the buffer. Inside, the handler is ordinary blocking-style code: it
@@ -30,14 +31,18 @@
 //! 3. The handler returns [`Next::Idle`] at a request boundary. If the
 //!    reactor already knows of more input the handler is called again at
 //!    once; otherwise the buffer goes back to the pool, the connection back
-//!    to its slot, the socket is re-armed (`EPOLL_CTL_MOD`, which reports
-//!    input that arrived meanwhile, so none is missed), and the fiber ends,
-//!    its stack going back to the pool.
+//!    to its slot with a new hook for the reactor, and the fiber ends, its
+//!    stack going back to the pool. Handing over the hook checks the
+//!    socket's read bit under the same lock the reactor takes after setting
+//!    it, so input that arrived meanwhile is never missed: either the
+//!    reactor finds the hook, or the handover finds the bit and the
+//!    handler is called again (after a `poll(2)` if the bit may be stale).
 //! 4. [`Next::Close`], an error or a panic closes the connection (errors and
 //!    panics are counted and logged as in the default mode).
 //!
-//! Spawning a fiber per request costs a little time (the stack comes warm
-//! from the pool) and one more system call per request (the re-arm).
+//! A request costs a fiber spawn (the stack comes warm from the pool) and
+//! no system call beyond the handler's own: the socket stays in the
+//! worker's one `epoll` set, registered once, edge-triggered.
 //!
 //! # The handler's contract
 //!
@@ -55,21 +60,20 @@
 //! # Timeouts and shutdown
 //!
 //! The server's idle timeout applies to reads and writes inside a request,
-//! as in the default mode, and to idle connections: the dispatcher closes
-//! those that stayed idle longer, checking every half timeout. A graceful
+//! as in the default mode, and to idle connections: a sweeper fiber per
+//! worker closes those that stayed idle longer, checking every half
+//! timeout. A graceful
 //! shutdown shuts down the read side of idle connections, which wakes them
 //! to end of file, so their handlers see the close.
 
 use std::fmt;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::{account, ActiveGuard, Conn, State};
-use crate::io::{Direction, IoSource};
 
 /// Capacity of a pooled read buffer.
 const BUFFER_CAPACITY: usize = 16 * 1024;
@@ -77,10 +81,6 @@ const BUFFER_CAPACITY: usize = 16 * 1024;
 const BUFFER_KEEP_MAX: usize = 64 * 1024;
 /// Pooled buffers kept at most (one per request in flight is the need).
 const BUFFER_POOL_MAX: usize = 1024;
-/// Events fetched per `epoll_wait`.
-const EVENTS: usize = 256;
-/// Token of a dispatcher's own wake-up eventfd.
-const WAKE_TOKEN: u64 = u64::MAX;
 
 /// What a request-mode handler asks for when it returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,47 +132,6 @@ impl<S> fmt::Debug for Request<'_, S> {
     }
 }
 
-/// An epoll descriptor, waited on through the reactor like a socket.
-struct EpollFd(OwnedFd);
-
-impl AsRawFd for EpollFd {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0.as_raw_fd()
-    }
-}
-
-impl mio::event::Source for EpollFd {
-    fn register(
-        &mut self,
-        registry: &mio::Registry,
-        token: mio::Token,
-        interests: mio::Interest,
-    ) -> io::Result<()> {
-        mio::unix::SourceFd(&self.0.as_raw_fd()).register(registry, token, interests)
-    }
-
-    fn reregister(
-        &mut self,
-        registry: &mio::Registry,
-        token: mio::Token,
-        interests: mio::Interest,
-    ) -> io::Result<()> {
-        mio::unix::SourceFd(&self.0.as_raw_fd()).reregister(registry, token, interests)
-    }
-
-    fn deregister(&mut self, registry: &mio::Registry) -> io::Result<()> {
-        mio::unix::SourceFd(&self.0.as_raw_fd()).deregister(registry)
-    }
-}
-
-fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
-}
-
 /// An idle connection.
 struct Entry<S> {
     /// Dropped before the connection closes its descriptor.
@@ -182,100 +141,54 @@ struct Entry<S> {
     _guard: ActiveGuard,
     /// When it went idle.
     since: Instant,
+    /// Name of its request fibers, formatted once.
+    name: String,
 }
 
 enum Slot<S> {
     Free,
-    /// Idle, armed in the epoll set.
+    /// Idle: its read hook is with the reactor.
     Idle(Entry<S>),
     /// Taken by a request fiber.
     Busy,
 }
 
-/// One worker's set of idle connections.
+/// A worker's table of connections, idle or in a request. Each use of a
+/// slot gets a new generation, so a hook left behind by a connection that
+/// was closed never takes the slot's next tenant.
+#[derive(Default)]
+struct Table<S> {
+    slots: Vec<(u64, Slot<S>)>,
+    free: Vec<usize>,
+    next_gen: u64,
+}
+
+/// One worker's share of the connections of a request-mode server.
 struct Dispatcher<S> {
-    epoll: IoSource<EpollFd>,
-    wake: OwnedFd,
-    slots: Mutex<(Vec<Slot<S>>, Vec<usize>)>,
+    table: Mutex<Table<S>>,
 }
 
 impl<S> Dispatcher<S> {
-    fn new() -> io::Result<Dispatcher<S>> {
-        // SAFETY: plain system calls; each returned descriptor is owned
-        // right away.
-        let (epoll, wake) = unsafe {
-            let ep = OwnedFd::from_raw_fd(cvt(libc::epoll_create1(libc::EPOLL_CLOEXEC))?);
-            let ev = OwnedFd::from_raw_fd(cvt(libc::eventfd(
-                0,
-                libc::EFD_CLOEXEC | libc::EFD_NONBLOCK,
-            ))?);
-            (ep, ev)
-        };
-        let d = Dispatcher {
-            epoll: IoSource::new(EpollFd(epoll)),
-            wake,
-            slots: Mutex::new((Vec::new(), Vec::new())),
-        };
-        d.ctl(
-            libc::EPOLL_CTL_ADD,
-            d.wake.as_raw_fd(),
-            libc::EPOLLIN as u32,
-            WAKE_TOKEN,
-        )?;
-        Ok(d)
-    }
-
-    fn ctl(&self, op: libc::c_int, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
-        let mut ev = libc::epoll_event { events, u64: token };
-        // SAFETY: `ev` is a valid event; the descriptors are open.
-        cvt(unsafe { libc::epoll_ctl(self.epoll.raw_fd(), op, fd, &mut ev) }).map(drop)
-    }
-
-    fn arm(&self, op: libc::c_int, fd: RawFd, slot: usize) -> io::Result<()> {
-        let events = (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLONESHOT) as u32;
-        self.ctl(op, fd, events, slot as u64)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, (Vec<Slot<S>>, Vec<usize>)> {
-        self.slots.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Parks `entry` idle: in slot `slot` (or a new one), then armed.
-    /// On failure the connection is dropped (closed).
-    fn park(&self, slot: Option<usize>, entry: Entry<S>) -> io::Result<()> {
-        let fd = entry.conn.as_raw_fd();
-        let (slot, op) = {
-            let mut g = self.lock();
-            let (slots, free) = &mut *g;
-            match slot {
-                Some(i) => {
-                    slots[i] = Slot::Idle(entry);
-                    (i, libc::EPOLL_CTL_MOD)
-                }
-                None => {
-                    let i = free.pop().unwrap_or_else(|| {
-                        slots.push(Slot::Free);
-                        slots.len() - 1
-                    });
-                    slots[i] = Slot::Idle(entry);
-                    (i, libc::EPOLL_CTL_ADD)
-                }
-            }
-        };
-        // The entry is in its slot before it is armed: an event that fires
-        // at once finds it.
-        if let Err(e) = self.arm(op, fd, slot) {
-            drop(self.release(slot));
-            return Err(e);
+    fn new() -> Dispatcher<S> {
+        Dispatcher {
+            table: Mutex::new(Table {
+                slots: Vec::new(),
+                free: Vec::new(),
+                next_gen: 0,
+            }),
         }
-        Ok(())
     }
 
-    /// Takes the idle connection of `slot` for a request.
-    fn take(&self, slot: usize) -> Option<Entry<S>> {
-        let mut g = self.lock();
-        match g.0.get_mut(slot) {
-            Some(s @ Slot::Idle(_)) => match std::mem::replace(s, Slot::Busy) {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table<S>> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes the idle connection of `slot` for a request, if the slot is
+    /// still in generation `gen`.
+    fn take(&self, slot: usize, gen: u64) -> Option<Entry<S>> {
+        let mut t = self.lock();
+        match t.slots.get_mut(slot) {
+            Some((g, s @ Slot::Idle(_))) if *g == gen => match std::mem::replace(s, Slot::Busy) {
                 Slot::Idle(e) => Some(e),
                 _ => unreachable!(),
             },
@@ -286,15 +199,12 @@ impl<S> Dispatcher<S> {
     /// Frees `slot`, returning its idle entry if it had one. The caller
     /// drops that (closing the connection) outside the lock.
     fn release(&self, slot: usize) -> Option<Entry<S>> {
-        let mut g = self.lock();
-        let (slots, free) = &mut *g;
-        let old = std::mem::replace(&mut slots[slot], Slot::Free);
-        free.push(slot);
+        let mut t = self.lock();
+        let t = &mut *t;
+        let old = std::mem::replace(&mut t.slots[slot].1, Slot::Free);
+        t.free.push(slot);
         match old {
-            Slot::Idle(e) => {
-                let _ = self.ctl(libc::EPOLL_CTL_DEL, e.conn.as_raw_fd(), 0, 0);
-                Some(e)
-            }
+            Slot::Idle(e) => Some(e),
             _ => None,
         }
     }
@@ -302,10 +212,11 @@ impl<S> Dispatcher<S> {
     /// Closes the connections idle since before `cutoff`.
     fn sweep(&self, cutoff: Instant) -> usize {
         let stale: Vec<usize> = {
-            let g = self.lock();
-            g.0.iter()
+            let t = self.lock();
+            t.slots
+                .iter()
                 .enumerate()
-                .filter_map(|(i, s)| match s {
+                .filter_map(|(i, (_, s))| match s {
                     Slot::Idle(e) if e.since < cutoff => Some(i),
                     _ => None,
                 })
@@ -316,14 +227,6 @@ impl<S> Dispatcher<S> {
             drop(self.release(i));
         }
         n
-    }
-
-    fn wake(&self) {
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a valid u64 to our eventfd.
-        unsafe {
-            libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8);
-        }
     }
 }
 
@@ -359,8 +262,11 @@ pub(crate) struct Mode<S> {
     state: Arc<State>,
     new_state: Box<NewState<S>>,
     handler: Box<Handler<S>>,
-    next: AtomicUsize,
+    /// The runtime request fibers are spawned on (set by `start`).
+    rt: std::sync::OnceLock<crate::Handle>,
     done: AtomicBool,
+    /// Itself, for the hooks it hands to the reactor.
+    me: std::sync::Weak<Mode<S>>,
 }
 
 impl<S: Send + 'static> Mode<S> {
@@ -374,52 +280,106 @@ impl<S: Send + 'static> Mode<S> {
         N: Fn(&Conn) -> S + Send + Sync + 'static,
         H: Fn(&mut Request<'_, S>) -> io::Result<Next> + Send + Sync + 'static,
     {
-        let dispatchers = (0..workers.max(1))
-            .map(|_| Dispatcher::new())
-            .collect::<io::Result<_>>()?;
-        Ok(Arc::new(Mode {
-            dispatchers,
+        Ok(Arc::new_cyclic(|me| Mode {
+            dispatchers: (0..workers.max(1)).map(|_| Dispatcher::new()).collect(),
             buffers: Buffers::default(),
             state,
             new_state: Box::new(new_state),
             handler: Box::new(handler),
-            next: AtomicUsize::new(0),
+            rt: std::sync::OnceLock::new(),
             done: AtomicBool::new(false),
+            me: me.clone(),
         }))
     }
 
-    /// A new connection: idle until it sends something.
+    /// A new connection: idle until it sends something. Called on the
+    /// acceptor's fiber, whose worker's reactor then watches it.
     pub(crate) fn admit(&self, conn: Conn) -> io::Result<()> {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.dispatchers.len();
+        let i = crate::runtime::current_worker().unwrap_or(0) % self.dispatchers.len();
         let entry = Entry {
             state: (self.new_state)(&conn),
+            name: format!("conn {}", conn.peer_addr()),
             conn,
             _guard: ActiveGuard(self.state.clone()),
             since: Instant::now(),
         };
-        self.dispatchers[i].park(None, entry)
+        let slot = {
+            let mut t = self.dispatchers[i].lock();
+            let t = &mut *t;
+            let gen = t.next_gen;
+            t.next_gen += 1;
+            let slot = t.free.pop().unwrap_or_else(|| {
+                t.slots.push((0, Slot::Free));
+                t.slots.len() - 1
+            });
+            t.slots[slot] = (gen, Slot::Busy);
+            slot
+        };
+        if let Some(entry) = self.idle(i, slot, entry) {
+            // Input came with the connection: serve it now.
+            self.spawn_request(i, slot, entry);
+        }
+        Ok(())
     }
 
-    /// Spawns the dispatcher fibers, one pinned on each worker; returns
-    /// what stops them.
+    /// Parks the connection of `slot` (taken, `Busy`) idle and hands the
+    /// reactor a hook that starts a request when it is next readable. Gives
+    /// the entry back when input is already known to be pending, or when
+    /// no reactor can report it.
+    fn idle(&self, i: usize, slot: usize, entry: Entry<S>) -> Option<Entry<S>> {
+        let d = &self.dispatchers[i];
+        let mut t = d.lock();
+        let gen = t.slots[slot].0;
+        t.slots[slot].1 = Slot::Idle(entry);
+        let me = self.me.clone();
+        let hook: crate::io::ReadHook = Box::new(move || {
+            if let Some(mode) = me.upgrade() {
+                mode.readable(i, slot, gen);
+            }
+        });
+        let Slot::Idle(e) = &t.slots[slot].1 else {
+            unreachable!()
+        };
+        // Under the table's lock: a hook that fires at once waits for it,
+        // and then finds the entry in its slot.
+        match e.conn.on_readable(hook) {
+            Ok(()) => None,
+            Err(_hook) => match std::mem::replace(&mut t.slots[slot].1, Slot::Busy) {
+                Slot::Idle(e) => Some(e),
+                _ => unreachable!(),
+            },
+        }
+    }
+
+    /// The reactor's hook: the idle connection of `slot` is readable.
+    fn readable(&self, i: usize, slot: usize, gen: u64) {
+        if let Some(entry) = self.dispatchers[i].take(slot, gen) {
+            self.spawn_request(i, slot, entry);
+        }
+    }
+
+    /// Spawns the sweeper fibers, one pinned on each worker, which close
+    /// connections idle past the server's idle timeout; returns what stops
+    /// them and closes the connections still idle.
     pub(crate) fn start(self: Arc<Self>, rt: &crate::Handle) -> Box<dyn FnOnce() + Send> {
+        let _ = self.rt.set(rt.clone());
         let fibers: Vec<_> = (0..self.dispatchers.len())
             .map(|i| {
                 let mode = self.clone();
-                rt.spawn_on_worker(i, move || mode.dispatch(i))
+                rt.spawn_on_worker(i, move || mode.sweep_idle(i))
             })
             .collect();
         Box::new(move || {
             self.done.store(true, Ordering::SeqCst);
-            for d in &self.dispatchers {
-                d.wake();
+            for f in &fibers {
+                f.fiber().unpark();
             }
             for f in fibers {
                 let _ = f.join();
             }
             // Connections still idle close here.
             for d in &self.dispatchers {
-                let n = d.lock().0.len();
+                let n = d.lock().slots.len();
                 for i in 0..n {
                     drop(d.release(i));
                 }
@@ -427,77 +387,41 @@ impl<S: Send + 'static> Mode<S> {
         })
     }
 
-    /// The dispatcher loop of worker `i`.
-    fn dispatch(self: Arc<Self>, i: usize) {
-        let d = &self.dispatchers[i];
+    /// Closes, every half idle timeout, the connections of worker `i`'s
+    /// table idle longer than the timeout; returns at shutdown.
+    fn sweep_idle(self: Arc<Self>, i: usize) {
         let idle_timeout = self.state.config.idle_timeout;
-        let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS];
-        let mut next_sweep = idle_timeout.map(|t| Instant::now() + t / 2);
-        loop {
-            let got = d.epoll.do_io(Direction::Read, next_sweep, |ep| {
-                // SAFETY: `events` has room for `EVENTS` entries.
-                let n = unsafe {
-                    libc::epoll_wait(ep.as_raw_fd(), events.as_mut_ptr(), EVENTS as i32, 0)
-                };
-                match cvt(n)? {
-                    0 => Err(io::ErrorKind::WouldBlock.into()),
-                    n => Ok(n as usize),
-                }
-            });
-            let n = match got {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::TimedOut => 0,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    if self.done.load(Ordering::SeqCst) {
-                        return;
-                    }
-                    log::error!("request mode: waiting for idle connections: {e}");
-                    crate::sleep(Duration::from_millis(10));
-                    continue;
-                }
+        while !self.done.load(Ordering::SeqCst) {
+            let Some(t) = idle_timeout else {
+                crate::park();
+                continue;
             };
-            for ev in &events[..n] {
-                let token = ev.u64;
-                if token == WAKE_TOKEN {
-                    let mut sink = 0u64;
-                    // SAFETY: reads 8 bytes into a valid u64 from our eventfd.
-                    unsafe {
-                        libc::read(d.wake.as_raw_fd(), (&mut sink as *mut u64).cast(), 8);
-                    }
-                    continue;
-                }
-                let slot = token as usize;
-                if let Some(entry) = d.take(slot) {
-                    self.spawn_request(i, slot, entry);
-                }
-            }
-            if self.done.load(Ordering::SeqCst) {
-                return;
-            }
-            if let (Some(t), Some(at)) = (idle_timeout, next_sweep) {
-                let now = Instant::now();
-                if now >= at {
-                    let n = now.checked_sub(t).map_or(0, |cutoff| d.sweep(cutoff));
-                    if n > 0 {
-                        log::debug!("request mode: closed {n} connections idle for {t:?}");
-                    }
-                    next_sweep = Some(now + t / 2);
-                }
+            crate::fiber::park_timeout(t / 2);
+            let cutoff = Instant::now().checked_sub(t);
+            let n = cutoff.map_or(0, |c| self.dispatchers[i].sweep(c));
+            if n > 0 {
+                log::debug!("request mode: closed {n} connections idle for {t:?}");
             }
         }
     }
 
-    fn spawn_request(self: &Arc<Self>, i: usize, slot: usize, entry: Entry<S>) {
-        let mode = self.clone();
-        let peer = entry.conn.peer_addr().clone();
+    fn spawn_request(&self, i: usize, slot: usize, entry: Entry<S>) {
+        let (Some(mode), Some(rt)) = (self.me.upgrade(), self.rt.get()) else {
+            drop(self.dispatchers[i].release(slot));
+            return;
+        };
+        if self.done.load(Ordering::SeqCst) {
+            drop(self.dispatchers[i].release(slot));
+            return;
+        }
+        let name = entry.name.clone();
         let spawned = crate::fiber::Builder::new()
-            .name(format!("conn {peer}"))
-            .spawn(move || mode.serve(i, slot, entry));
+            .name(name)
+            .spawn_on(&rt.shared, move || mode.serve(i, slot, entry));
         if let Err(e) = spawned {
             // The closure, and with it the connection, was dropped: closed.
             self.state.spawn_failed.fetch_add(1, Ordering::Relaxed);
-            log::warn!("request mode: cannot spawn a fiber for {peer}: {e}; closed it");
+            log::warn!("request mode: cannot spawn a fiber: {e}; closed the connection");
             drop(self.dispatchers[i].release(slot));
         }
     }
@@ -507,29 +431,47 @@ impl<S: Send + 'static> Mode<S> {
     fn serve(&self, i: usize, slot: usize, mut entry: Entry<S>) {
         let d = &self.dispatchers[i];
         let mut buf = self.buffers.take();
-        let keep = loop {
-            buf.clear();
-            let mut req = Request {
-                conn: &entry.conn,
-                state: &mut entry.state,
-                buf: &mut buf,
+        loop {
+            let keep = loop {
+                buf.clear();
+                let mut req = Request {
+                    conn: &entry.conn,
+                    state: &mut entry.state,
+                    buf: &mut buf,
+                };
+                let result = panic::catch_unwind(AssertUnwindSafe(|| (self.handler)(&mut req)));
+                match account(&self.state, entry.conn.peer_addr(), result) {
+                    Some(Next::Idle) if entry.conn.read_hint() == Some(true) => continue,
+                    Some(Next::Idle) => break true,
+                    Some(Next::Close) | None => break false,
+                }
             };
-            let result = panic::catch_unwind(AssertUnwindSafe(|| (self.handler)(&mut req)));
-            match account(&self.state, entry.conn.peer_addr(), result) {
-                Some(Next::Idle) if entry.conn.read_hint() == Some(true) => continue,
-                Some(Next::Idle) => break true,
-                Some(Next::Close) | None => break false,
+            if !keep || self.done.load(Ordering::SeqCst) {
+                break;
             }
-        };
-        self.buffers.give(buf);
-        if keep && !self.done.load(Ordering::SeqCst) {
             entry.since = Instant::now();
-            if let Err(e) = d.park(Some(slot), entry) {
-                log::warn!("request mode: cannot re-arm a connection: {e}; closed it");
+            match self.idle(i, slot, entry) {
+                None => {
+                    self.buffers.give(buf);
+                    return;
+                }
+                Some(back) => entry = back,
             }
-        } else {
-            drop(d.release(slot));
-            drop(entry);
+            // The reactor's read bit is set, or nothing can watch the
+            // socket. Ask the kernel: a stale bit is cleared, so the next
+            // try parks it; a socket nothing watches is served in place.
+            if let Ok(false) = entry.conn.poll_read_ready() {
+                match self.idle(i, slot, entry) {
+                    None => {
+                        self.buffers.give(buf);
+                        return;
+                    }
+                    Some(back) => entry = back,
+                }
+            }
         }
+        self.buffers.give(buf);
+        drop(d.release(slot));
+        drop(entry);
     }
 }

@@ -389,7 +389,14 @@ mod tests {
             // through the system allocator, which passed the request to
             // malloc (alignment 16 = malloc's own).
             let usable = unsafe { malloc_usable_size(it.block_ptr()) };
-            assert_eq!(it.charge(), usable + 8, "key {k}, value {v}");
+            // One 16-byte step more when glibc hands out a free chunk
+            // whole rather than leave a remainder below its minimum.
+            let real = usable + 8;
+            assert!(
+                (it.charge()..=it.charge() + 16).contains(&real),
+                "key {k}, value {v}: charged {}, real {real}",
+                it.charge()
+            );
         }
     }
 

@@ -361,8 +361,17 @@ fn the_malloc_model_matches_glibc() {
         // SAFETY: the pointer is the start of a live allocation made by
         // the system allocator (malloc, alignment 1).
         let usable = unsafe { malloc_usable_size(v.as_mut_ptr().cast()) };
-        // A chunk is its usable bytes plus the 8-byte size header.
-        assert_eq!(malloc_bytes(n), usable + 8, "request of {n} bytes");
+        // A chunk is its usable bytes plus the 8-byte size header. glibc
+        // hands out a free chunk whole when splitting it would leave less
+        // than its 32-byte minimum, so a chunk may be one 16-byte step
+        // bigger than the request needs (more often while other threads
+        // allocate from the same arena).
+        let real = usable + 8;
+        assert!(
+            (malloc_bytes(n)..=malloc_bytes(n) + 16).contains(&real),
+            "request of {n} bytes: model {}, real {real}",
+            malloc_bytes(n)
+        );
     }
 }
 
