@@ -12,6 +12,10 @@
 //! cargo run -p weave-bench --release --example million_mimalloc -- --fibers 1000000 --workers 2
 //! ```
 //!
+//! mimalloc marks its arenas for transparent huge pages; on the 2-core
+//! machine of `docs/scale.md` that cost more CPU than glibc's malloc, and
+//! with `MIMALLOC_ALLOW_THP=0` in the environment it cost less.
+//!
 //! The "heap" figure the program prints comes from glibc's `mallinfo2`, so
 //! under mimalloc it counts only what glibc still allocates (next to
 //! nothing): mimalloc's heap is in "stacks and the rest", and the resident
