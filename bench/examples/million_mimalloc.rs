@@ -13,8 +13,9 @@
 //! ```
 //!
 //! mimalloc marks its arenas for transparent huge pages; on the 2-core
-//! machine of `docs/scale.md` that cost more CPU than glibc's malloc, and
-//! with `MIMALLOC_ALLOW_THP=0` in the environment it cost less.
+//! machine of `docs/scale.md` that cost more CPU than glibc's malloc;
+//! with `MIMALLOC_ALLOW_THP=0` in the environment it cost less, and a
+//! million fibers took under 3 s in two runs of three.
 //!
 //! The "heap" figure the program prints comes from glibc's `mallinfo2`, so
 //! under mimalloc it counts only what glibc still allocates (next to
