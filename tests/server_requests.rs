@@ -285,3 +285,76 @@ fn input_arriving_as_a_connection_goes_idle_is_never_lost() {
     assert_eq!(s.counters.accepted, 100);
     assert_eq!(s.counters.errors + s.counters.panics, 0);
 }
+
+/// The same over a Unix socket: the read hook and the short-read rule work
+/// for Unix streams too (requests answered, back-to-back input not lost,
+/// idle connections hold no fiber).
+#[test]
+fn unix_socket_connections_idle_and_wake_like_tcp_ones() {
+    use std::os::unix::net::UnixStream;
+    let dir = std::env::temp_dir().join(format!("weave-req-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("sock");
+    let _ = std::fs::remove_file(&path);
+    let server = Server::builder()
+        .bind_unix(&path)
+        .workers(2)
+        .handle_signals(false)
+        .build()
+        .unwrap();
+    let handle = server.handle();
+    let live = Arc::new(AtomicUsize::new(0));
+    let l2 = live.clone();
+    let t = thread::spawn(move || {
+        server
+            .serve_requests(|_| Count::default(), move |r| handler(r, &l2))
+            .unwrap()
+    });
+    let threads: Vec<_> = (0..2)
+        .map(|t| {
+            let path = path.clone();
+            thread::spawn(move || {
+                let mut conns: Vec<_> = (0..10)
+                    .map(|_| {
+                        let s = UnixStream::connect(&path).unwrap();
+                        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+                        BufReader::new(s)
+                    })
+                    .collect();
+                for round in 1..=100u64 {
+                    for (i, c) in conns.iter_mut().enumerate() {
+                        c.get_mut()
+                            .write_all(format!("p{t}.{i}\n").as_bytes())
+                            .unwrap();
+                        c.get_mut()
+                            .write_all(format!("q{t}.{i}\n").as_bytes())
+                            .unwrap();
+                        let mut l = String::new();
+                        c.read_line(&mut l).unwrap();
+                        assert_eq!(l, format!("{} p{t}.{i}\n", 2 * round - 1));
+                        l.clear();
+                        c.read_line(&mut l).unwrap();
+                        assert_eq!(l, format!("{} q{t}.{i}\n", 2 * round));
+                    }
+                }
+                conns
+            })
+        })
+        .collect();
+    let conns: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let mut spins = 0;
+    while live.load(Ordering::SeqCst) != 0 {
+        spins += 1;
+        assert!(
+            spins < 30_000,
+            "requests still running with all clients idle"
+        );
+        thread::sleep(Duration::from_millis(1));
+    }
+    drop(conns);
+    handle.stop();
+    let s = t.join().expect("server thread");
+    assert_eq!(s.counters.accepted, 20);
+    assert_eq!(s.counters.errors + s.counters.panics, 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
