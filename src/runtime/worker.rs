@@ -29,6 +29,16 @@ const FAIRNESS_INTERVAL: u32 = 61;
 /// are awake.
 const SPIN_BUDGET: Duration = Duration::from_micros(20);
 
+/// How far a successful watch raises a worker's spin score, and its cap:
+/// a worker whose watches mostly pay keeps watching through a run of
+/// misses.
+const SPIN_SCORE_GAIN: u32 = 4;
+const SPIN_SCORE_MAX: u32 = 32;
+
+/// A worker whose spin score fell to zero still watches before one sleep
+/// in this many.
+const SPIN_PROBE_EVERY: u32 = 16;
+
 /// Scheduling ticks between two turns in which a new fiber goes first.
 const NEW_FIBER_INTERVAL: u32 = 4;
 
@@ -55,6 +65,10 @@ pub(crate) struct Worker {
     /// does not tell whether the running fiber unwinds (see `fiber::cancel`).
     pub(crate) suspended_unwinders: Cell<usize>,
     rng: Cell<u32>,
+    /// How recent watches before sleeping ended (see `spin_for_work`).
+    spin_score: Cell<u32>,
+    /// Sleeps without a watch since the score fell to zero.
+    spin_skipped: Cell<u32>,
 }
 
 /// Entry point of a worker thread.
@@ -78,6 +92,8 @@ pub(crate) fn run(
         shutting_down: Cell::new(false),
         suspended_unwinders: Cell::new(0),
         rng: Cell::new((index as u32).wrapping_mul(0x9E37_79B9) | 1),
+        spin_score: Cell::new(SPIN_SCORE_MAX),
+        spin_skipped: Cell::new(0),
     };
     let _altstack = overflow::AltStack::ensure();
     let _enter = context::enter(&worker);
@@ -219,11 +235,39 @@ impl Worker {
     /// another worker is awake: a wakeup handed over in that window costs
     /// no system call on either side (the waker sees no sleeping flag, so it
     /// skips the `eventfd` write). Returns true if work showed up.
+    ///
+    /// The watch sees only what other threads hand over (wakeups, new
+    /// fibers), not this worker's own I/O, which only `epoll_wait` reports.
+    /// So it pays when workers trade wakeups and is wasted when the work
+    /// comes from the network: the worker keeps a score of how its recent
+    /// watches ended (up on success, down on a timeout) and watches only
+    /// while the score is positive, trying once in [`SPIN_PROBE_EVERY`]
+    /// sleeps otherwise so it notices when trading starts again.
     fn spin_for_work(&self) -> bool {
         let n = self.shared.remotes.len();
         if n < 2 || self.shared.num_sleeping.load(Ordering::Relaxed) >= n - 1 {
             return false;
         }
+        let score = self.spin_score.get();
+        if score == 0 {
+            let skipped = self.spin_skipped.get().wrapping_add(1);
+            self.spin_skipped.set(skipped);
+            if skipped % SPIN_PROBE_EVERY != 0 {
+                return false;
+            }
+        }
+        let found = self.watch_queues();
+        self.spin_score.set(if found {
+            (score + SPIN_SCORE_GAIN).min(SPIN_SCORE_MAX)
+        } else {
+            score.saturating_sub(1)
+        });
+        found
+    }
+
+    /// The watch of [`spin_for_work`](Self::spin_for_work): true if work
+    /// showed up within [`SPIN_BUDGET`].
+    fn watch_queues(&self) -> bool {
         let start = Instant::now();
         for round in 0u32.. {
             for _ in 0..8 {

@@ -21,8 +21,9 @@
 //!
 //! 1. When the socket becomes readable (data, end of file, an error), the
 //!    reactor runs the hook on its worker: the hook takes the connection
-//!    out of its slot and spawns a fiber for it, with a stack from the
-//!    pool like any fiber.
+//!    out of its slot and spawns a fiber for it on that same worker (not
+//!    stealable, so the request runs where its socket's events arrive),
+//!    with a stack from the pool like any fiber.
 //! 2. That fiber takes a read buffer from the server's pool (16 KiB, empty)
 //!    and calls the handler with a [`Request`]: the connection, the state
 //!    and the buffer. Inside, the handler is ordinary blocking-style code: it
@@ -417,7 +418,11 @@ impl<S: Send + 'static> Mode<S> {
         let name = entry.name.clone();
         let spawned = crate::fiber::Builder::new()
             .name(name)
-            .spawn_on(&rt.shared, move || mode.serve(i, slot, entry));
+            // On the worker whose reactor watches the socket, and not
+            // stealable: the request runs where its events arrive.
+            .spawn_inner(&rt.shared, crate::runtime::current_worker(), move || {
+                mode.serve(i, slot, entry)
+            });
         if let Err(e) = spawned {
             // The closure, and with it the connection, was dropped: closed.
             self.state.spawn_failed.fetch_add(1, Ordering::Relaxed);
