@@ -358,3 +358,52 @@ fn unix_socket_connections_idle_and_wake_like_tcp_ones() {
     assert_eq!(s.counters.errors + s.counters.panics, 0);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A handler that breaks the contract (returns `Idle` after reading end of
+/// file) would be called again forever; the server closes the connection
+/// instead, and the worker stays free for everyone else.
+#[test]
+fn a_handler_that_ignores_end_of_file_gets_its_connection_closed() {
+    let server = Server::builder()
+        .bind("127.0.0.1:0")
+        .workers(1)
+        .handle_signals(false)
+        .build()
+        .unwrap();
+    let addr = server.local_addrs()[0];
+    let handle = server.handle();
+    let t = thread::spawn(move || {
+        server
+            .serve_requests(
+                |_| (),
+                |req: &mut Request<'_, ()>| {
+                    let (conn, (), buf) = req.parts();
+                    buf.resize(4096, 0);
+                    let n = (&*conn).read(buf)?;
+                    (&*conn).write_all(&buf[..n])?;
+                    Ok(Next::Idle) // even when n == 0: the bug
+                },
+            )
+            .unwrap()
+    });
+    let mut bad = TcpStream::connect(addr).unwrap();
+    bad.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    bad.write_all(b"x").unwrap();
+    let mut b = [0u8; 1];
+    bad.read_exact(&mut b).unwrap();
+    bad.shutdown(std::net::Shutdown::Write).unwrap();
+    // The server closes it: end of file here, not a timeout.
+    let n = bad.read(&mut b).expect("the server closed the connection");
+    assert_eq!(n, 0);
+    // The single worker still serves others.
+    let mut good = TcpStream::connect(addr).unwrap();
+    good.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    good.write_all(b"y").unwrap();
+    good.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"y");
+    drop(good);
+    handle.stop();
+    let s = t.join().expect("server thread");
+    assert_eq!(s.counters.accepted, 2);
+}

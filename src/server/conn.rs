@@ -200,6 +200,11 @@ impl Conn {
         }
     }
 
+    /// Bytes read from the connection so far.
+    pub(crate) fn bytes_read(&self) -> u64 {
+        self.tracked.bytes_in.load(Ordering::Relaxed)
+    }
+
     /// Whether input, end of file or an error is pending, asked of the
     /// kernel with a zero-timeout `poll(2)`; clears a stale read bit.
     pub(crate) fn poll_read_ready(&self) -> io::Result<bool> {

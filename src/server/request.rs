@@ -55,8 +55,9 @@
 //!   connection again at once), input read into the buffer and not handled
 //!   is lost.
 //! - A read that returns end of file means the client is gone: return
-//!   `Next::Close` (returning `Idle` would only be woken again by the same
-//!   end of file).
+//!   `Next::Close`. A handler that returns `Idle` with input or end of file
+//!   pending and nothing read in that call would be called again forever;
+//!   the server closes such a connection instead (and logs a warning).
 //!
 //! # Timeouts and shutdown
 //!
@@ -438,6 +439,7 @@ impl<S: Send + 'static> Mode<S> {
         let mut buf = self.buffers.take();
         loop {
             let keep = loop {
+                let read_before = entry.conn.bytes_read();
                 buf.clear();
                 let mut req = Request {
                     conn: &entry.conn,
@@ -446,7 +448,19 @@ impl<S: Send + 'static> Mode<S> {
                 };
                 let result = panic::catch_unwind(AssertUnwindSafe(|| (self.handler)(&mut req)));
                 match account(&self.state, entry.conn.peer_addr(), result) {
-                    Some(Next::Idle) if entry.conn.read_hint() == Some(true) => continue,
+                    Some(Next::Idle) if entry.conn.read_hint() == Some(true) => {
+                        if entry.conn.bytes_read() == read_before {
+                            // Input or end of file is pending and the
+                            // handler read none of it: calling it again
+                            // would loop forever on this worker.
+                            log::warn!(
+                                "request mode: the handler for {} returned Idle with input or end of file pending and nothing read; closed",
+                                entry.conn.peer_addr()
+                            );
+                            break false;
+                        }
+                        continue;
+                    }
                     Some(Next::Idle) => break true,
                     Some(Next::Close) | None => break false,
                 }
