@@ -477,10 +477,14 @@ impl TcpStream {
         self.io.poll_readable_now()
     }
 
-    /// Runs `hook` once when the socket is next readable (see
-    /// `IoSource::on_readable`), or gives it back at once.
-    pub(crate) fn on_readable(&self, hook: crate::io::ReadHook) -> Result<(), crate::io::ReadHook> {
-        self.io.on_readable(hook)
+    /// Tells `hook` once when the socket is next readable (see
+    /// `IoSource::on_readable`); false if it was not handed over.
+    pub(crate) fn on_readable(
+        &self,
+        hook: std::sync::Weak<dyn crate::io::ReadHook>,
+        token: u64,
+    ) -> bool {
+        self.io.on_readable(hook, token)
     }
 
     fn read_inner(&self, buf: &mut [u8]) -> io::Result<usize> {

@@ -210,10 +210,14 @@ impl UnixStream {
             .do_read(self.read_timeout.deadline(), want, |mut s| s.read(buf))
     }
 
-    /// Runs `hook` once when the socket is next readable (see
-    /// `IoSource::on_readable`), or gives it back at once.
-    pub(crate) fn on_readable(&self, hook: crate::io::ReadHook) -> Result<(), crate::io::ReadHook> {
-        self.io.on_readable(hook)
+    /// Tells `hook` once when the socket is next readable (see
+    /// `IoSource::on_readable`); false if it was not handed over.
+    pub(crate) fn on_readable(
+        &self,
+        hook: std::sync::Weak<dyn crate::io::ReadHook>,
+        token: u64,
+    ) -> bool {
+        self.io.on_readable(hook, token)
     }
 
     /// Whether input, end-of-file or an error is pending, asked of the

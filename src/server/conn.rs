@@ -214,13 +214,18 @@ impl Conn {
         }
     }
 
-    /// Runs `hook` once, on the reactor's worker, when the connection is
-    /// next readable, or gives it back at once when input is already known
-    /// to be pending or nothing can report it (see `IoSource::on_readable`).
-    pub(crate) fn on_readable(&self, hook: crate::io::ReadHook) -> Result<(), crate::io::ReadHook> {
+    /// Tells `hook`, once, with `token`, on the reactor's worker, when the
+    /// connection is next readable; false, handing nothing over, when input
+    /// is already known to be pending or nothing can report it (see
+    /// `IoSource::on_readable`).
+    pub(crate) fn on_readable(
+        &self,
+        hook: std::sync::Weak<dyn crate::io::ReadHook>,
+        token: u64,
+    ) -> bool {
         match &self.stream {
-            Stream::Tcp(s) => s.on_readable(hook),
-            Stream::Unix(s) => s.on_readable(hook),
+            Stream::Tcp(s) => s.on_readable(hook, token),
+            Stream::Unix(s) => s.on_readable(hook, token),
         }
     }
 

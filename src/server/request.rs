@@ -143,7 +143,8 @@ struct Entry<S> {
     _guard: ActiveGuard,
     /// When it went idle.
     since: Instant,
-    /// Name of its request fibers, formatted once.
+    /// Name of its request fibers, formatted once (a copy per request costs
+    /// less than formatting the address each time).
     name: String,
 }
 
@@ -186,14 +187,17 @@ impl<S> Dispatcher<S> {
     }
 
     /// Takes the idle connection of `slot` for a request, if the slot is
-    /// still in generation `gen`.
+    /// still in the generation whose low bits are `gen` (see `Token`).
     fn take(&self, slot: usize, gen: u64) -> Option<Entry<S>> {
         let mut t = self.lock();
+        let mask = (1 << Token::GEN_BITS) - 1;
         match t.slots.get_mut(slot) {
-            Some((g, s @ Slot::Idle(_))) if *g == gen => match std::mem::replace(s, Slot::Busy) {
-                Slot::Idle(e) => Some(e),
-                _ => unreachable!(),
-            },
+            Some((g, s @ Slot::Idle(_))) if *g & mask == gen => {
+                match std::mem::replace(s, Slot::Busy) {
+                    Slot::Idle(e) => Some(e),
+                    _ => unreachable!(),
+                }
+            }
             _ => None,
         }
     }
@@ -271,6 +275,49 @@ pub(crate) struct Mode<S> {
     me: std::sync::Weak<Mode<S>>,
 }
 
+/// What the reactor hands back with a read hook: the worker's table (12
+/// bits), the slot (28 bits) and the low 24 bits of the slot's generation.
+/// A hook left behind by a closed connection whose slot was reused since
+/// (2^24 reuses apart it would not be told from the new tenant's, but a
+/// stale hook can only fire from an event fetched before its socket was
+/// closed) finds another generation and does nothing.
+struct Token;
+
+impl Token {
+    const GEN_BITS: u32 = 24;
+    const SLOT_BITS: u32 = 28;
+    const TABLE_BITS: u32 = 12;
+
+    fn pack(table: usize, slot: usize, gen: u64) -> Option<u64> {
+        if table >> Self::TABLE_BITS != 0 || slot >> Self::SLOT_BITS != 0 {
+            return None;
+        }
+        let gen = gen & ((1 << Self::GEN_BITS) - 1);
+        Some(
+            ((table as u64) << (Self::SLOT_BITS + Self::GEN_BITS))
+                | ((slot as u64) << Self::GEN_BITS)
+                | gen,
+        )
+    }
+
+    fn unpack(token: u64) -> (usize, usize, u64) {
+        let gen = token & ((1 << Self::GEN_BITS) - 1);
+        let slot = (token >> Self::GEN_BITS) & ((1 << Self::SLOT_BITS) - 1);
+        let table = token >> (Self::SLOT_BITS + Self::GEN_BITS);
+        (table as usize, slot as usize, gen)
+    }
+}
+
+impl<S: Send + 'static> crate::io::ReadHook for Mode<S> {
+    /// An idle connection is readable: start its request.
+    fn readable(&self, token: u64) {
+        let (i, slot, gen) = Token::unpack(token);
+        if let Some(entry) = self.dispatchers.get(i).and_then(|d| d.take(slot, gen)) {
+            self.spawn_request(i, slot, entry);
+        }
+    }
+}
+
 impl<S: Send + 'static> Mode<S> {
     pub(crate) fn new<N, H>(
         workers: usize,
@@ -332,31 +379,23 @@ impl<S: Send + 'static> Mode<S> {
         let d = &self.dispatchers[i];
         let mut t = d.lock();
         let gen = t.slots[slot].0;
+        let Some(token) = Token::pack(i, slot, gen) else {
+            // Past what a token names: served without going idle.
+            return Some(entry);
+        };
         t.slots[slot].1 = Slot::Idle(entry);
-        let me = self.me.clone();
-        let hook: crate::io::ReadHook = Box::new(move || {
-            if let Some(mode) = me.upgrade() {
-                mode.readable(i, slot, gen);
-            }
-        });
         let Slot::Idle(e) = &t.slots[slot].1 else {
             unreachable!()
         };
+        let hook: std::sync::Weak<dyn crate::io::ReadHook> = self.me.clone();
         // Under the table's lock: a hook that fires at once waits for it,
         // and then finds the entry in its slot.
-        match e.conn.on_readable(hook) {
-            Ok(()) => None,
-            Err(_hook) => match std::mem::replace(&mut t.slots[slot].1, Slot::Busy) {
-                Slot::Idle(e) => Some(e),
-                _ => unreachable!(),
-            },
+        if e.conn.on_readable(hook, token) {
+            return None;
         }
-    }
-
-    /// The reactor's hook: the idle connection of `slot` is readable.
-    fn readable(&self, i: usize, slot: usize, gen: u64) {
-        if let Some(entry) = self.dispatchers[i].take(slot, gen) {
-            self.spawn_request(i, slot, entry);
+        match std::mem::replace(&mut t.slots[slot].1, Slot::Busy) {
+            Slot::Idle(e) => Some(e),
+            _ => unreachable!(),
         }
     }
 
@@ -492,5 +531,27 @@ impl<S: Send + 'static> Mode<S> {
         self.buffers.give(buf);
         drop(d.release(slot));
         drop(entry);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Token;
+
+    #[test]
+    fn tokens_round_trip_and_refuse_what_they_cannot_name() {
+        for (table, slot, gen) in [
+            (0, 0, 0),
+            (3, 12_345, 77),
+            (4095, (1 << 28) - 1, (1 << 24) - 1),
+        ] {
+            let t = Token::pack(table, slot, gen).unwrap();
+            assert_eq!(Token::unpack(t), (table, slot, gen));
+        }
+        // Only the generation's low bits travel.
+        let t = Token::pack(1, 2, (5 << 24) | 9).unwrap();
+        assert_eq!(Token::unpack(t), (1, 2, 9));
+        assert!(Token::pack(4096, 0, 0).is_none());
+        assert!(Token::pack(0, 1 << 28, 0).is_none());
     }
 }
