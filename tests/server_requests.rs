@@ -72,6 +72,13 @@ fn start(idle: Option<Duration>) -> (SocketAddr, Arc<AtomicUsize>, impl FnOnce()
     }
     let server = b.build().unwrap();
     let addr = server.local_addrs()[0];
+    let (live, stop) = serve(server);
+    (addr, live, stop)
+}
+
+/// Serves `server` in request mode with [`handler`] on a thread; returns
+/// the count of running requests and what stops the server.
+fn serve(server: Server) -> (Arc<AtomicUsize>, impl FnOnce() -> Summary) {
     let handle = server.handle();
     let live = Arc::new(AtomicUsize::new(0));
     let l2 = live.clone();
@@ -84,7 +91,44 @@ fn start(idle: Option<Duration>) -> (SocketAddr, Arc<AtomicUsize>, impl FnOnce()
         handle.stop();
         t.join().expect("server thread")
     };
-    (addr, live, stop)
+    (live, stop)
+}
+
+/// Once every answer has arrived every handler has returned (or is about
+/// to): waits for the count of running requests to reach zero, which
+/// means idle connections hold no fiber.
+fn wait_until_no_request_runs(live: &AtomicUsize) {
+    let mut spins = 0;
+    while live.load(Ordering::SeqCst) != 0 {
+        spins += 1;
+        assert!(
+            spins < 30_000,
+            "requests still running with all clients idle"
+        );
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// `rounds` rounds over `conns` of client `t`: a line, and a second one
+/// right behind it in its own write; both answers must come, in order
+/// (one request or two may answer them).
+fn back_to_back<S: Read + Write>(t: usize, conns: &mut [BufReader<S>], rounds: u64) {
+    for round in 1..=rounds {
+        for (i, c) in conns.iter_mut().enumerate() {
+            c.get_mut()
+                .write_all(format!("p{t}.{i}\n").as_bytes())
+                .unwrap();
+            c.get_mut()
+                .write_all(format!("q{t}.{i}\n").as_bytes())
+                .unwrap();
+            let mut l = String::new();
+            c.read_line(&mut l).unwrap();
+            assert_eq!(l, format!("{} p{t}.{i}\n", 2 * round - 1));
+            l.clear();
+            c.read_line(&mut l).unwrap();
+            assert_eq!(l, format!("{} q{t}.{i}\n", 2 * round));
+        }
+    }
 }
 
 fn connect(addr: SocketAddr) -> BufReader<TcpStream> {
@@ -156,17 +200,7 @@ fn stress_many_connections_many_rounds() {
             .collect();
         groups = threads.into_iter().map(|t| t.join().unwrap()).collect();
     }
-    // Every answer arrived, so every handler has returned (or is about to):
-    // wait for the count of running requests to reach zero.
-    let mut spins = 0;
-    while live.load(Ordering::SeqCst) != 0 {
-        spins += 1;
-        assert!(
-            spins < 30_000,
-            "requests still running with all clients idle"
-        );
-        thread::sleep(Duration::from_millis(1));
-    }
+    wait_until_no_request_runs(&live);
     drop(groups);
     let s = stop();
     assert_eq!(s.counters.accepted, 200);
@@ -248,38 +282,13 @@ fn input_arriving_as_a_connection_goes_idle_is_never_lost() {
         .map(|t| {
             thread::spawn(move || {
                 let mut conns: Vec<_> = (0..25).map(|_| connect(addr)).collect();
-                for round in 1..=150u64 {
-                    for (i, c) in conns.iter_mut().enumerate() {
-                        c.get_mut()
-                            .write_all(format!("p{t}.{i}\n").as_bytes())
-                            .unwrap();
-                        c.get_mut()
-                            .write_all(format!("q{t}.{i}\n").as_bytes())
-                            .unwrap();
-                        // The two lines may be answered by one request or
-                        // two; either way both answers come, in order.
-                        let mut l = String::new();
-                        c.read_line(&mut l).unwrap();
-                        assert_eq!(l, format!("{} p{t}.{i}\n", 2 * round - 1));
-                        l.clear();
-                        c.read_line(&mut l).unwrap();
-                        assert_eq!(l, format!("{} q{t}.{i}\n", 2 * round));
-                    }
-                }
+                back_to_back(t, &mut conns, 150);
                 conns
             })
         })
         .collect();
     let conns: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
-    let mut spins = 0;
-    while live.load(Ordering::SeqCst) != 0 {
-        spins += 1;
-        assert!(
-            spins < 30_000,
-            "requests still running with all clients idle"
-        );
-        thread::sleep(Duration::from_millis(1));
-    }
+    wait_until_no_request_runs(&live);
     drop(conns);
     let s = stop();
     assert_eq!(s.counters.accepted, 100);
@@ -302,14 +311,7 @@ fn unix_socket_connections_idle_and_wake_like_tcp_ones() {
         .handle_signals(false)
         .build()
         .unwrap();
-    let handle = server.handle();
-    let live = Arc::new(AtomicUsize::new(0));
-    let l2 = live.clone();
-    let t = thread::spawn(move || {
-        server
-            .serve_requests(|_| Count::default(), move |r| handler(r, &l2))
-            .unwrap()
-    });
+    let (live, stop) = serve(server);
     let threads: Vec<_> = (0..2)
         .map(|t| {
             let path = path.clone();
@@ -321,39 +323,15 @@ fn unix_socket_connections_idle_and_wake_like_tcp_ones() {
                         BufReader::new(s)
                     })
                     .collect();
-                for round in 1..=100u64 {
-                    for (i, c) in conns.iter_mut().enumerate() {
-                        c.get_mut()
-                            .write_all(format!("p{t}.{i}\n").as_bytes())
-                            .unwrap();
-                        c.get_mut()
-                            .write_all(format!("q{t}.{i}\n").as_bytes())
-                            .unwrap();
-                        let mut l = String::new();
-                        c.read_line(&mut l).unwrap();
-                        assert_eq!(l, format!("{} p{t}.{i}\n", 2 * round - 1));
-                        l.clear();
-                        c.read_line(&mut l).unwrap();
-                        assert_eq!(l, format!("{} q{t}.{i}\n", 2 * round));
-                    }
-                }
+                back_to_back(t, &mut conns, 100);
                 conns
             })
         })
         .collect();
     let conns: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
-    let mut spins = 0;
-    while live.load(Ordering::SeqCst) != 0 {
-        spins += 1;
-        assert!(
-            spins < 30_000,
-            "requests still running with all clients idle"
-        );
-        thread::sleep(Duration::from_millis(1));
-    }
+    wait_until_no_request_runs(&live);
     drop(conns);
-    handle.stop();
-    let s = t.join().expect("server thread");
+    let s = stop();
     assert_eq!(s.counters.accepted, 20);
     assert_eq!(s.counters.errors + s.counters.panics, 0);
     let _ = std::fs::remove_dir_all(&dir);
