@@ -683,7 +683,7 @@ mod tests {
 
     /// Every stack of a carved batch has its guard, and only its guard.
     #[test]
-    fn carved_batches_are_guarded_and_committed() {
+    fn carved_batches_are_guarded_and_not_resident() {
         // A size no other test uses: every stack below is freshly carved.
         let stacks: Vec<_> = (0..3 * CARVE_BATCH + 5)
             .map(|_| FiberStack::new(28 * 1024).unwrap())
