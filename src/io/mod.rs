@@ -351,24 +351,7 @@ impl<S: mio::event::Source + AsRawFd> IoSource<S> {
     /// keeps it), as a `WouldBlock` would. A hang-up already reported
     /// answers `true` without the system call.
     pub(crate) fn poll_readable_now(&self) -> io::Result<bool> {
-        let reg = self.reg.get().or_else(|| {
-            context::current_fiber()
-                .is_some()
-                .then(|| self.registration().ok())
-                .flatten()
-        });
-        let snapshot = reg.map_or(0, |r| r.io.readiness.load(Ordering::Acquire));
-        if snapshot & HUP != 0 {
-            return Ok(true);
-        }
-        let readable =
-            crate::sys::poll_fd(self.raw_fd(), libc::POLLIN, Some(std::time::Duration::ZERO))?;
-        if !readable {
-            if let Some(r) = reg {
-                r.io.clear(Direction::Read, snapshot);
-            }
-        }
-        Ok(readable)
+        self.ready_now(Direction::Read)
     }
 
     /// [`do_io`](Self::do_io) for a stream read of `want` bytes: as well as

@@ -224,11 +224,17 @@ impl Worker {
     fn has_visible_work(&self) -> bool {
         !self.ready.borrow().is_empty()
             || !self.local.is_empty()
-            || !self.remote().inbox.is_empty()
+            || self.has_handed_over_work()
+            || self.shared.shutdown.load(Ordering::SeqCst)
+    }
+
+    /// Work other threads handed over: wakeups and pinned fibers for this
+    /// worker, new fibers in the injector or in any worker's queue.
+    fn has_handed_over_work(&self) -> bool {
+        !self.remote().inbox.is_empty()
             || !self.remote().pinned.is_empty()
             || !self.shared.injector.is_empty()
             || self.shared.remotes.iter().any(|r| !r.stealer.is_empty())
-            || self.shared.shutdown.load(Ordering::SeqCst)
     }
 
     /// Before sleeping, a worker watches its queues for up to 20 µs if
@@ -273,11 +279,7 @@ impl Worker {
             for _ in 0..8 {
                 std::hint::spin_loop();
             }
-            if !self.remote().inbox.is_empty()
-                || !self.remote().pinned.is_empty()
-                || !self.shared.injector.is_empty()
-                || self.shared.remotes.iter().any(|r| !r.stealer.is_empty())
-            {
+            if self.has_handed_over_work() {
                 return true;
             }
             if round % 16 == 15 && start.elapsed() >= SPIN_BUDGET {

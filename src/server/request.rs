@@ -159,7 +159,6 @@ enum Slot<S> {
 /// A worker's table of connections, idle or in a request. Each use of a
 /// slot gets a new generation, so a hook left behind by a connection that
 /// was closed never takes the slot's next tenant.
-#[derive(Default)]
 struct Table<S> {
     slots: Vec<(u64, Slot<S>)>,
     free: Vec<usize>,
