@@ -67,3 +67,18 @@ where
         thread: Some(thread),
     }
 }
+
+/// Waits (bounded) until `f` holds: for what the server counts after the
+/// client already saw its effect (a handler's error is counted after its
+/// connection closed).
+#[allow(dead_code)] // not every test waits
+pub fn wait_for(what: &str, f: impl Fn() -> bool) {
+    let t = std::time::Instant::now();
+    while !f() {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(60),
+            "gave up waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
