@@ -264,3 +264,53 @@ fn port_held_by_another_listener_is_refused() {
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::AddrInUse);
 }
+
+/// Waits (bounded) until `rt` counts `want` live fibers.
+fn wait_for_live(rt: &weave::Handle, want: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while rt.live_fibers() != want {
+        assert!(
+            Instant::now() < deadline,
+            "live fibers stayed at {}, expected {want}",
+            rt.live_fibers()
+        );
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn connection_fibers_are_counted_live_until_their_clients_leave() {
+    const CONNS: usize = 64;
+    let server = Server::builder()
+        .bind("127.0.0.1:0")
+        .workers(2)
+        .handle_signals(false)
+        .build()
+        .unwrap();
+    let addr = server.local_addrs()[0];
+    let handle = server.handle();
+    let rt = server.runtime_handle();
+    let t = thread::spawn(move || server.serve(line_handler).unwrap());
+    for round in 0..3 {
+        // Each answered client has its handler parked in a read.
+        let mut clients: Vec<_> = (0..CONNS)
+            .map(|i| {
+                let mut c = BufReader::new(TcpStream::connect(addr).unwrap());
+                assert_eq!(
+                    request(&mut c, &format!("r{round}c{i}")).unwrap(),
+                    format!("r{round}c{i}")
+                );
+                c
+            })
+            .collect();
+        let with_clients = rt.live_fibers();
+        assert!(
+            with_clients >= CONNS,
+            "{CONNS} handlers running, {with_clients} fibers counted"
+        );
+        clients.clear();
+        wait_for_live(&rt, with_clients - CONNS);
+    }
+    handle.stop();
+    t.join().unwrap();
+}

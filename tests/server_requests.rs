@@ -385,3 +385,45 @@ fn a_handler_that_ignores_end_of_file_gets_its_connection_closed() {
     let s = t.join().expect("server thread");
     assert_eq!(s.counters.accepted, 2);
 }
+
+#[test]
+fn request_fibers_leave_the_live_count_as_they_end() {
+    let server = Server::builder()
+        .bind("127.0.0.1:0")
+        .workers(2)
+        .handle_signals(false)
+        .build()
+        .unwrap();
+    let addr = server.local_addrs()[0];
+    let rt = server.runtime_handle();
+    let (live, stop) = serve(server);
+    // Once a first client is answered the server's own fibers (acceptors,
+    // sweepers) are up: what the count holds while no request runs.
+    let mut first = connect(addr);
+    assert_eq!(ask(&mut first, "hello"), "1 hello\n");
+    wait_until_no_request_runs(&live);
+    let base = rt.live_fibers();
+    for round in 0..3 {
+        let mut conns: Vec<_> = (0..50).map(|_| connect(addr)).collect();
+        for (i, c) in conns.iter_mut().enumerate() {
+            assert_eq!(
+                ask(c, &format!("r{round}c{i}")),
+                format!("1 r{round}c{i}\n")
+            );
+        }
+        conns.truncate(25);
+        wait_until_no_request_runs(&live);
+        let mut spins = 0;
+        while rt.live_fibers() != base {
+            spins += 1;
+            assert!(
+                spins < 10_000,
+                "{} fibers live with every client idle or gone, {base} before",
+                rt.live_fibers()
+            );
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
+    drop(first);
+    stop();
+}

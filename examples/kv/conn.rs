@@ -17,6 +17,11 @@ pub const VERSION: &str = concat!("1.6.0-weave-kv-", env!("CARGO_PKG_VERSION"));
 
 /// Initial input buffer size per connection.
 const INPUT_INITIAL: usize = 16 * 1024;
+/// What a request-mode turn zeroes of its pooled buffer for its first read
+/// (it grows to `INPUT_INITIAL` as input needs it): most turns carry one
+/// short request, and zeroing 16 KiB each turn cost 1.2% of the server's
+/// CPU at pipeline depth 1.
+const FIRST_READ: usize = 4096;
 /// Output is written once this much is queued, even mid-request.
 const OUTPUT_FLUSH_AT: usize = 256 * 1024;
 /// A connection that has read this much (a request counts as 1 KiB)
@@ -243,7 +248,7 @@ impl<'a, S: Read + Write> Conn<'a, S> {
     /// pooled buffer, whose contents are ignored).
     pub fn for_request(stream: S, ctx: &'a Ctx, mut buf: Vec<u8>) -> Self {
         buf.clear();
-        buf.resize(INPUT_INITIAL, 0);
+        buf.resize(FIRST_READ, 0);
         let mut c = Conn::with_buf(stream, ctx, buf);
         c.idle_ok = true;
         c
@@ -318,7 +323,12 @@ impl<'a, S: Read + Write> Conn<'a, S> {
             self.end -= self.start;
             self.start = 0;
         }
-        if self.end == self.buf.len() {
+        if self.end == self.buf.len() && self.buf.len() < INPUT_INITIAL {
+            // A request-mode buffer, zeroed only as far as it was needed:
+            // the initial size is not charged to the buffer budget.
+            let want = (self.buf.len() * 2).min(INPUT_INITIAL);
+            self.buf.resize(want, 0);
+        } else if self.end == self.buf.len() {
             let want = (self.buf.len() * 2).min(max.max(self.buf.len()));
             if want == self.buf.len() {
                 return Err(io::Error::new(

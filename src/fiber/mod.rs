@@ -251,7 +251,7 @@ pub fn yield_now() {
 /// ```
 #[derive(Debug, Default, Clone)]
 pub struct Builder {
-    name: Option<String>,
+    name: Option<Arc<str>>,
     stack_size: Option<usize>,
 }
 
@@ -261,8 +261,10 @@ impl Builder {
         Builder::default()
     }
 
-    /// Names the fiber; the name shows in panic and overflow messages.
-    pub fn name(mut self, name: impl Into<String>) -> Builder {
+    /// Names the fiber; the name shows in panic and overflow messages. An
+    /// `Arc<str>` is shared as it is, so fibers spawned often under one name
+    /// do not each copy it.
+    pub fn name(mut self, name: impl Into<Arc<str>>) -> Builder {
         self.name = Some(name.into());
         self
     }
@@ -311,15 +313,9 @@ impl Builder {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        let stack_size = self.stack_size.unwrap_or(shared.config.stack_size);
-        if !(4096..=(1 << 40)).contains(&stack_size) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("fiber stack size {stack_size} is outside 4 KiB..1 TiB"),
-            ));
-        }
-        let stack = stack::FiberStack::new(stack_size)?;
-        install_panic_hook();
+        // The stack first: once the completer exists, dropping it reports
+        // a finished fiber.
+        let (stack_size, stack) = self.stack(shared)?;
         let packet = Arc::new(Packet {
             state: Mutex::new(PacketState {
                 result: None,
@@ -337,13 +333,7 @@ impl Builder {
             // that sees `Cancelled` also sees the closure's captures gone.
             let f = f;
             let mut completer = completer;
-            // SAFETY: the body runs on its fiber, which is the running one.
-            let cancelled_early = unsafe { &*running() }.state.cancel_requested();
-            let mut result = if cancelled_early {
-                Err(Box::new(Cancelled) as Box<dyn std::any::Any + Send>)
-            } else {
-                panic::catch_unwind(AssertUnwindSafe(f))
-            };
+            let mut result = run_body(f);
             if let Err(p) = &result {
                 if is_cancellation(&**p) {
                     // A deadline unwind can only get here if the program
@@ -352,7 +342,6 @@ impl Builder {
                     result = Err(Box::new(Cancelled));
                 }
             }
-            cancel::caught();
             // Fiber-local destructors are user code too: a panic in one
             // becomes the fiber's result (as a panic in the drop of a local
             // of `f` would have), and never reaches the worker.
@@ -366,12 +355,96 @@ impl Builder {
             completer.complete(result);
         });
         let weak = Arc::downgrade(&packet) as std::sync::Weak<dyn Abandon>;
-        let fiber = RawFiber::new(shared.clone(), self.name, stack_size, body, stack, weak);
+        let fiber = self.launch(shared, worker, stack_size, stack, body, Some(weak));
+        Ok(JoinHandle { fiber, packet })
+    }
+
+    /// Spawns a fiber nobody joins (the server's connection and request
+    /// fibers): no join packet is allocated, and the fiber's value, or its
+    /// panic (already reported by the panic hook), is dropped when it ends.
+    pub(crate) fn spawn_detached<F>(
+        self,
+        shared: &Arc<Shared>,
+        worker: Option<usize>,
+        f: F,
+    ) -> io::Result<()>
+    where
+        F: FnOnce() + Send + 'static,
+    {
+        let (stack_size, stack) = self.stack(shared)?;
+        let count = LiveCount(shared.clone());
+        let body = Box::new(move || {
+            // `f` first, as in `spawn_inner`: dropped unstarted, the
+            // closure goes before the fiber stops being counted live.
+            let f = f;
+            let count = count;
+            if let Err(payload) = run_body(f) {
+                drop_payload(payload);
+            }
+            if let Err(payload) = local::clear_current() {
+                drop_payload(payload);
+            }
+            drop(count);
+        });
+        self.launch(shared, worker, stack_size, stack, body, None);
+        Ok(())
+    }
+
+    /// Checks the stack size and takes a stack of it.
+    fn stack(&self, shared: &Shared) -> io::Result<(usize, stack::FiberStack)> {
+        let stack_size = self.stack_size.unwrap_or(shared.config.stack_size);
+        if !(4096..=(1 << 40)).contains(&stack_size) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("fiber stack size {stack_size} is outside 4 KiB..1 TiB"),
+            ));
+        }
+        Ok((stack_size, stack::FiberStack::new(stack_size)?))
+    }
+
+    /// Makes the fiber, counts it live and queues it.
+    fn launch(
+        self,
+        shared: &Arc<Shared>,
+        worker: Option<usize>,
+        stack_size: usize,
+        stack: stack::FiberStack,
+        body: Box<dyn FnOnce() + Send>,
+        packet: Option<std::sync::Weak<dyn Abandon>>,
+    ) -> FiberRef {
+        install_panic_hook();
+        let fiber = RawFiber::new(shared.clone(), self.name, stack_size, body, stack, packet);
         shared
             .live_fibers
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         schedule_spawned(fiber.clone(), worker);
-        Ok(JoinHandle { fiber, packet })
+        fiber
+    }
+}
+
+/// Runs a fiber's closure, unless the fiber was cancelled before it
+/// started, and catches its panic.
+fn run_body<T>(f: impl FnOnce() -> T) -> thread::Result<T> {
+    // SAFETY: the body runs on its fiber, which is the running one.
+    let cancelled_early = unsafe { &*running() }.state.cancel_requested();
+    let result = if cancelled_early {
+        Err(Box::new(Cancelled) as Box<dyn std::any::Any + Send>)
+    } else {
+        panic::catch_unwind(AssertUnwindSafe(f))
+    };
+    cancel::caught();
+    result
+}
+
+/// A detached fiber's place in [`Shared::live_fibers`]: taken when it ends,
+/// or when its unstarted body is dropped.
+struct LiveCount(Arc<Shared>);
+
+impl Drop for LiveCount {
+    fn drop(&mut self) {
+        self.0
+            .live_fibers
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 

@@ -76,7 +76,7 @@ pub(crate) enum Body {
 /// queue it sits in, and the waiter lists it is registered on.
 pub(crate) struct RawFiber {
     pub(crate) id: NonZeroU64,
-    pub(crate) name: Option<String>,
+    pub(crate) name: Option<Arc<str>>,
     pub(crate) stack_size: usize,
     /// The park/unpark state word (see the module docs).
     pub(crate) state: ParkState,
@@ -104,8 +104,9 @@ pub(crate) struct RawFiber {
     /// The join handle's packet, without its result type: a fiber abandoned
     /// at runtime shutdown (its stack, and the completer on it, never run
     /// again) still reports to its handle through it. Weak, so the result
-    /// lives no longer than the handle and the completer.
-    pub(crate) packet: std::sync::Weak<dyn super::Abandon>,
+    /// lives no longer than the handle and the completer. `None` for a
+    /// detached fiber (spawned without a handle).
+    pub(crate) packet: Option<std::sync::Weak<dyn super::Abandon>>,
     /// Debug builds check that no two threads ever run the fiber at once.
     #[cfg(debug_assertions)]
     pub(crate) on_cpu: std::sync::atomic::AtomicBool,
@@ -137,11 +138,11 @@ pub(crate) type FiberRef = Arc<RawFiber>;
 impl RawFiber {
     pub(crate) fn new(
         shared: Arc<Shared>,
-        name: Option<String>,
+        name: Option<Arc<str>>,
         stack_size: usize,
         body: Box<dyn FnOnce() + Send>,
         stack: FiberStack,
-        packet: std::sync::Weak<dyn super::Abandon>,
+        packet: Option<std::sync::Weak<dyn super::Abandon>>,
     ) -> FiberRef {
         let (guard_lo, guard_hi) = stack.guard();
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -168,7 +169,7 @@ impl RawFiber {
     /// Name for messages: the given name, or `fiber-<id>`.
     pub(crate) fn display_name(&self) -> String {
         match &self.name {
-            Some(n) => n.clone(),
+            Some(n) => n.to_string(),
             None => format!("fiber-{}", self.id),
         }
     }

@@ -593,12 +593,15 @@ impl Worker {
                 // middle of an unwind with a second unwind would abort.
                 std::mem::forget(co);
             }
-            // Its completer sits on the leaked stack: report it cancelled
-            // from here, so its join handle still gets its one result.
-            if let Some(packet) = fiber.packet.upgrade() {
-                if packet.abandon() {
-                    self.shared.live_fibers.fetch_sub(1, Ordering::SeqCst);
-                }
+            // Its completer (or a detached fiber's live count) sits on the
+            // leaked stack: report it cancelled from here, so its join
+            // handle still gets its one result, and count it ended.
+            let ended = match &fiber.packet {
+                Some(packet) => packet.upgrade().is_some_and(|p| p.abandon()),
+                None => true,
+            };
+            if ended {
+                self.shared.live_fibers.fetch_sub(1, Ordering::SeqCst);
             }
             self.retire(&fiber);
         }

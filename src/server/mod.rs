@@ -879,12 +879,15 @@ where
     let state = state.clone();
     let peer = conn.peer_addr().clone();
     let name = format!("conn {peer}");
-    let spawned = crate::fiber::Builder::new().name(name).spawn(move || {
-        let _guard = guard;
-        let result = panic::catch_unwind(AssertUnwindSafe(|| handler(conn)));
-        let _ = account(&state, &peer, result);
-    });
-    spawned.map(drop)
+    crate::fiber::Builder::new().name(name).spawn_detached(
+        &crate::Handle::current().shared,
+        None,
+        move || {
+            let _guard = guard;
+            let result = panic::catch_unwind(AssertUnwindSafe(|| handler(conn)));
+            let _ = account(&state, &peer, result);
+        },
+    )
 }
 
 /// Counts and logs how a handler call ended; re-raises a cancellation.

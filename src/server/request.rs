@@ -143,9 +143,8 @@ struct Entry<S> {
     _guard: ActiveGuard,
     /// When it went idle.
     since: Instant,
-    /// Name of its request fibers, formatted once (a copy per request costs
-    /// less than formatting the address each time).
-    name: String,
+    /// Name of its request fibers, formatted once and shared by each.
+    name: Arc<str>,
 }
 
 enum Slot<S> {
@@ -346,7 +345,7 @@ impl<S: Send + 'static> Mode<S> {
         let i = crate::runtime::current_worker().unwrap_or(0) % self.dispatchers.len();
         let entry = Entry {
             state: (self.new_state)(&conn),
-            name: format!("conn {}", conn.peer_addr()),
+            name: format!("conn {}", conn.peer_addr()).into(),
             conn,
             _guard: ActiveGuard(self.state.clone()),
             since: Instant::now(),
@@ -459,7 +458,7 @@ impl<S: Send + 'static> Mode<S> {
             .name(name)
             // On the worker whose reactor watches the socket, and not
             // stealable: the request runs where its events arrive.
-            .spawn_inner(&rt.shared, crate::runtime::current_worker(), move || {
+            .spawn_detached(&rt.shared, crate::runtime::current_worker(), move || {
                 mode.serve(i, slot, entry)
             });
         if let Err(e) = spawned {
