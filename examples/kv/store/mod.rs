@@ -282,8 +282,16 @@ impl Store {
     }
 
     fn shard_of(&self, key: &[u8]) -> usize {
+        self.locate(key).0
+    }
+
+    /// The shard of `key` and its hash, hashed once: the high half picks
+    /// the shard, the low half the slot in the shard's table (the shards
+    /// hash with the same keys).
+    fn locate(&self, key: &[u8]) -> (usize, u64) {
         use std::hash::BuildHasher;
-        (self.hasher.hash_one(key) >> 32) as usize & (self.shards.len() - 1)
+        let h = self.hasher.hash_one(key);
+        ((h >> 32) as usize & (self.shards.len() - 1), h)
     }
 
     fn lock(&self, i: usize) -> MutexGuard<'_, Shard> {
@@ -315,7 +323,19 @@ impl Store {
 
     /// Finds a live entry, reclaiming a dead one on the way.
     fn find(&self, sh: &mut Shard, key: &[u8], now: u64) -> (Option<usize>, Option<Dead>) {
-        let Some(idx) = sh.find(key) else {
+        let h = sh.hash(key);
+        self.find_hashed(sh, key, h, now)
+    }
+
+    /// [`Store::find`] for a key hashed already ([`Store::locate`]).
+    fn find_hashed(
+        &self,
+        sh: &mut Shard,
+        key: &[u8],
+        h: u64,
+        now: u64,
+    ) -> (Option<usize>, Option<Dead>) {
+        let Some(idx) = sh.find_hashed(h, key) else {
             return (None, None);
         };
         match self.dead(sh.entry(idx), now) {
@@ -340,9 +360,9 @@ impl Store {
     pub fn get(&self, key: &[u8]) -> Option<Item> {
         bump(&self.stats.cmd_get);
         let now = self.now();
-        let i = self.shard_of(key);
+        let (i, h) = self.locate(key);
         let mut sh = self.lock(i);
-        let (found, dead) = self.find(&mut sh, key, now);
+        let (found, dead) = self.find_hashed(&mut sh, key, h, now);
         let out = found.map(|idx| {
             sh.bump(idx);
             let e = sh.entry(idx);
@@ -477,9 +497,9 @@ impl Store {
             Mode::Append | Mode::Prepend => None,
             _ => Some(Value::build(key, &[data], flags, exp, now, 0)),
         };
-        let i = self.shard_of(key);
+        let (i, h) = self.locate(key);
         let mut sh = self.lock(i);
-        let (found, _) = self.find(&mut sh, key, now);
+        let (found, _) = self.find_hashed(&mut sh, key, h, now);
         let item = match (mode, found, fresh) {
             (Mode::Add, Some(idx), _) => {
                 // memcached refreshes the existing item's LRU position.
@@ -571,8 +591,9 @@ impl Store {
     pub fn delete(&self, key: &[u8], cas: u64) -> Persisted<DeleteStatus> {
         self.journal_check()?;
         let now = self.now();
-        let mut sh = self.lock(self.shard_of(key));
-        let (found, _) = self.find(&mut sh, key, now);
+        let (i, h) = self.locate(key);
+        let mut sh = self.lock(i);
+        let (found, _) = self.find_hashed(&mut sh, key, h, now);
         let status = match found {
             None => DeleteStatus::NotFound,
             Some(idx) if cas != 0 && sh.entry(idx).cas() != cas => DeleteStatus::Exists,
@@ -626,9 +647,9 @@ impl Store {
         }
         self.journal_check()?;
         let now = self.now();
-        let i = self.shard_of(key);
+        let (i, h) = self.locate(key);
         let mut sh = self.lock(i);
-        let (found, _) = self.find(&mut sh, key, now);
+        let (found, _) = self.find_hashed(&mut sh, key, h, now);
         let (hits, misses) = if incr {
             (&self.stats.incr_hits, &self.stats.incr_misses)
         } else {

@@ -110,13 +110,20 @@ impl Shard {
         self.index_charged = now;
     }
 
-    fn hash(&self, key: &[u8]) -> u64 {
+    /// The hash of `key`, as the store's (same keys).
+    pub(super) fn hash(&self, key: &[u8]) -> u64 {
         self.hasher.hash_one(key)
     }
 
     /// The slot of `key`, if present.
     pub(super) fn find(&self, key: &[u8]) -> Option<usize> {
         self.table.find(self.hash(key), key)
+    }
+
+    /// The slot of `key`, whose hash is `h`, if present.
+    pub(super) fn find_hashed(&self, h: u64, key: &[u8]) -> Option<usize> {
+        debug_assert_eq!(h, self.hash(key), "the store and its shards hash alike");
+        self.table.find(h, key)
     }
 
     /// The item in an occupied slot.
