@@ -27,7 +27,8 @@ struct Args {
     #[arg(long)]
     single_acceptor: bool,
     /// Request mode: an idle connection holds no fiber and no buffer; each
-    /// burst of input is echoed on a pooled stack with a pooled buffer.
+    /// burst of input is echoed by a request fiber kept parked between
+    /// requests, with its buffer.
     #[arg(long)]
     request_mode: bool,
 }

@@ -17,7 +17,7 @@ pub const VERSION: &str = concat!("1.6.0-weave-kv-", env!("CARGO_PKG_VERSION"));
 
 /// Initial input buffer size per connection.
 const INPUT_INITIAL: usize = 16 * 1024;
-/// What a request-mode turn zeroes of its pooled buffer for its first read
+/// What a request-mode turn zeroes of the runner's buffer for its first read
 /// (it grows to `INPUT_INITIAL` as input needs it): most turns carry one
 /// short request, and zeroing 16 KiB each turn cost 1.2% of the server's
 /// CPU at pipeline depth 1.
@@ -245,7 +245,7 @@ impl<'a, S: Read + Write> Conn<'a, S> {
     }
 
     /// Wraps a stream for one turn of request mode, reading into `buf` (a
-    /// pooled buffer, whose contents are ignored).
+    /// request runner's buffer, whose contents are ignored).
     pub fn for_request(stream: S, ctx: &'a Ctx, mut buf: Vec<u8>) -> Self {
         buf.clear();
         buf.resize(FIRST_READ, 0);
@@ -860,8 +860,8 @@ impl Drop for Session {
 /// readable now, each exactly as [`handle_conn`] would, and returns at the
 /// first request boundary with nothing left buffered (`Next::Idle`: the
 /// connection idles with no fiber and no buffer), or `Next::Close` when the
-/// client quits, hangs up or breaks the protocol. `buf` is the server's
-/// pooled buffer, used as the input buffer and handed back.
+/// client quits, hangs up or breaks the protocol. `buf` is the request
+/// runner's buffer, used as the input buffer and handed back.
 ///
 /// # Errors
 ///

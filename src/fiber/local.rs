@@ -75,7 +75,9 @@ impl<T: 'static> LocalKey<T> {
             }),
         };
         // SAFETY: the value lives in a `Box` owned by the map; entries are
-        // only removed when the fiber (or thread) ends, after this call.
+        // only removed by `clear_current`, which the fiber's own code calls
+        // outside any `with` (as its body ends, or between two requests of
+        // a request-mode runner), or when the thread ends: after this call.
         f(unsafe { &*value })
     }
 }
@@ -85,7 +87,8 @@ impl<T: 'static> LocalKey<T> {
 /// what is left (std's thread-locals behave alike).
 const CLEAR_ROUNDS: usize = 8;
 
-/// Drops the running fiber's locals, on the fiber, as its body ends.
+/// Drops the running fiber's locals, on the fiber, as its body ends (and
+/// between two requests of a request-mode runner).
 ///
 /// Each value is dropped under its own catch, so one destructor that panics
 /// neither kills the worker nor keeps the other values from being dropped.

@@ -680,7 +680,8 @@ impl Server {
     /// gracefully and returns: a connection between two requests holds no
     /// fiber and no buffer, only its socket and `new_state(&conn)`'s value.
     /// The server waits for it to become readable, then runs `handler` on a
-    /// fiber (a pooled stack) with a pooled read buffer; the handler serves
+    /// request fiber kept parked between requests, with that fiber's read
+    /// buffer; the handler serves
     /// the request (blocking-style reads, writes and waits are fine) and
     /// returns [`Next::Idle`] at a request boundary, or [`Next::Close`].
     /// See [`request`] for the contract and the costs.

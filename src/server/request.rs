@@ -21,35 +21,43 @@
 //!
 //! 1. When the socket becomes readable (data, end of file, an error), the
 //!    reactor runs the hook on its worker: the hook takes the connection
-//!    out of its slot and spawns a fiber for it on that same worker (not
-//!    stealable, so the request runs where its socket's events arrive),
-//!    with a stack from the pool like any fiber.
-//! 2. That fiber takes a read buffer from the server's pool (16 KiB, empty)
-//!    and calls the handler with a [`Request`]: the connection, the state
-//!    and the buffer. Inside, the handler is ordinary blocking-style code: it
-//!    may read more, write, wait on a channel or a backend; its fiber parks
-//!    as usual.
+//!    out of its slot and hands it to a *runner*, a request fiber of that
+//!    same worker (not stealable, so the request runs where its socket's
+//!    events arrive): an idle runner if the worker has one parked, else a
+//!    new one, spawned with a stack from the pool like any fiber.
+//! 2. The runner calls the handler with a [`Request`]: the connection, the
+//!    state and the runner's read buffer (16 KiB, empty). Inside, the
+//!    handler is ordinary blocking-style code: it may read more, write,
+//!    wait on a channel or a backend; the runner parks as usual.
 //! 3. The handler returns [`Next::Idle`] at a request boundary. If the
 //!    reactor already knows of more input the handler is called again at
-//!    once; otherwise the buffer goes back to the pool, the connection back
-//!    to its slot with a new hook for the reactor, and the fiber ends, its
-//!    stack going back to the pool. Handing over the hook checks the
-//!    socket's read bit under the same lock the reactor takes after setting
-//!    it, so input that arrived meanwhile is never missed: either the
-//!    reactor finds the hook, or the handover finds the bit and the
-//!    handler is called again (after a `poll(2)` if the bit may be stale).
+//!    once; otherwise the connection goes back to its slot with a new hook
+//!    for the reactor. Handing over the hook checks the socket's read bit
+//!    under the same lock the reactor takes after setting it, so input
+//!    that arrived meanwhile is never missed: either the reactor finds the
+//!    hook, or the handover finds the bit and the handler is called again
+//!    (after a `poll(2)` if the bit may be stale).
 //! 4. [`Next::Close`], an error or a panic closes the connection (errors and
 //!    panics are counted and logged as in the default mode).
+//! 5. Between two requests the runner drops the fiber-local values the
+//!    handler made, and parks among its worker's idle runners, of which a
+//!    worker keeps 64; one past that ends, its stack going back to the
+//!    pool. A burst of requests in flight at once spawns as many runners
+//!    as it needs.
 //!
-//! A request costs a fiber spawn (the stack comes warm from the pool) and
-//! no system call beyond the handler's own: the socket stays in the
-//! worker's one `epoll` set, registered once, edge-triggered.
+//! A request costs a hand-over to a parked fiber (a fiber spawn when the
+//! worker has no idle runner) and no system call beyond the handler's own:
+//! the socket stays in the worker's one `epoll` set, registered once,
+//! edge-triggered. Runners are named `request` in panic and stack overflow
+//! reports; the handler's errors and panics are logged with the client's
+//! address.
 //!
 //! # The handler's contract
 //!
 //! - Whatever the handler wants to keep across requests lives in `S` (or in
-//!   shared state): the fiber, its stack and the buffer are gone between
-//!   requests. The buffer handed to the next call is empty.
+//!   shared state): the next request of the connection may run on another
+//!   runner, its fiber-local values are dropped between requests, and the
+//!   buffer handed to the next call is empty.
 //! - Return `Next::Idle` only when no input that was read belongs to a later
 //!   request: input still unread in the socket is fine (it wakes the
 //!   connection again at once), input read into the buffer and not handled
@@ -77,12 +85,17 @@ use std::time::Instant;
 
 use super::{account, ActiveGuard, Conn, State};
 
-/// Capacity of a pooled read buffer.
+/// Capacity of a runner's read buffer.
 const BUFFER_CAPACITY: usize = 16 * 1024;
-/// A buffer that grew past this is dropped instead of pooled.
+/// A buffer that grew past this is dropped after its request instead of
+/// kept for the next one.
 const BUFFER_KEEP_MAX: usize = 64 * 1024;
-/// Pooled buffers kept at most (one per request in flight is the need).
-const BUFFER_POOL_MAX: usize = 1024;
+/// Idle runners a worker keeps at most; a burst of requests in flight at
+/// once beyond that spawns runners that end with their request.
+const RUNNERS_KEPT: usize = 64;
+/// The name of request fibers, in panic and stack overflow reports (the
+/// handler's errors and panics are also logged with the client's address).
+const RUNNER_NAME: &str = "request";
 
 /// What a request-mode handler asks for when it returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,8 +108,8 @@ pub enum Next {
 }
 
 /// One turn of a request-mode handler: the connection, its per-connection
-/// state, and a pooled read buffer (empty, 16 KiB of capacity; the handler
-/// may grow it).
+/// state, and the runner's read buffer (empty, 16 KiB of capacity; the
+/// handler may grow it).
 pub struct Request<'a, S> {
     conn: &'a Conn,
     state: &'a mut S,
@@ -114,7 +127,7 @@ impl<'a, S> Request<'a, S> {
         self.state
     }
 
-    /// The pooled read buffer, empty at the start of each call.
+    /// The runner's read buffer, empty at the start of each call.
     pub fn buffer(&mut self) -> &mut Vec<u8> {
         self.buf
     }
@@ -143,8 +156,6 @@ struct Entry<S> {
     _guard: ActiveGuard,
     /// When it went idle.
     since: Instant,
-    /// Name of its request fibers, formatted once and shared by each.
-    name: Arc<str>,
 }
 
 enum Slot<S> {
@@ -162,6 +173,21 @@ struct Table<S> {
     slots: Vec<(u64, Slot<S>)>,
     free: Vec<usize>,
     next_gen: u64,
+    /// The worker's idle runners, parked until handed a request.
+    runners: Vec<Arc<Runner<S>>>,
+}
+
+/// A request fiber between two requests, on its worker: parked, with a
+/// mailbox the dispatcher fills before it unparks the fiber.
+struct Runner<S> {
+    fiber: crate::Fiber,
+    job: Mutex<Option<Job<S>>>,
+}
+
+/// A connection with input waiting, for a runner.
+struct Job<S> {
+    slot: usize,
+    entry: Entry<S>,
 }
 
 /// One worker's share of the connections of a request-mode server.
@@ -176,6 +202,7 @@ impl<S> Dispatcher<S> {
                 slots: Vec::new(),
                 free: Vec::new(),
                 next_gen: 0,
+                runners: Vec::new(),
             }),
         }
     }
@@ -234,35 +261,12 @@ impl<S> Dispatcher<S> {
     }
 }
 
-/// The buffers lent to requests.
-#[derive(Default)]
-struct Buffers(Mutex<Vec<Vec<u8>>>);
-
-impl Buffers {
-    fn take(&self) -> Vec<u8> {
-        let pooled = self.0.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        pooled.unwrap_or_else(|| Vec::with_capacity(BUFFER_CAPACITY))
-    }
-
-    fn give(&self, mut buf: Vec<u8>) {
-        if buf.capacity() > BUFFER_KEEP_MAX {
-            return;
-        }
-        buf.clear();
-        let mut pool = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if pool.len() < BUFFER_POOL_MAX {
-            pool.push(buf);
-        }
-    }
-}
-
 type Handler<S> = dyn Fn(&mut Request<'_, S>) -> io::Result<Next> + Send + Sync;
 type NewState<S> = dyn Fn(&Conn) -> S + Send + Sync;
 
-/// A server's request mode: its dispatchers, buffers and handler.
+/// A server's request mode: its dispatchers and handler.
 pub(crate) struct Mode<S> {
     dispatchers: Vec<Dispatcher<S>>,
-    buffers: Buffers,
     state: Arc<State>,
     new_state: Box<NewState<S>>,
     handler: Box<Handler<S>>,
@@ -329,7 +333,6 @@ impl<S: Send + 'static> Mode<S> {
     {
         Ok(Arc::new_cyclic(|me| Mode {
             dispatchers: (0..workers.max(1)).map(|_| Dispatcher::new()).collect(),
-            buffers: Buffers::default(),
             state,
             new_state: Box::new(new_state),
             handler: Box::new(handler),
@@ -345,7 +348,6 @@ impl<S: Send + 'static> Mode<S> {
         let i = crate::runtime::current_worker().unwrap_or(0) % self.dispatchers.len();
         let entry = Entry {
             state: (self.new_state)(&conn),
-            name: format!("conn {}", conn.peer_addr()).into(),
             conn,
             _guard: ActiveGuard(self.state.clone()),
             since: Instant::now(),
@@ -416,6 +418,12 @@ impl<S: Send + 'static> Mode<S> {
             for f in fibers {
                 let _ = f.join();
             }
+            // Idle runners see `done` and end.
+            for d in &self.dispatchers {
+                for r in std::mem::take(&mut d.lock().runners) {
+                    r.fiber.unpark();
+                }
+            }
             // Connections still idle close here.
             for d in &self.dispatchers {
                 let n = d.lock().slots.len();
@@ -444,6 +452,8 @@ impl<S: Send + 'static> Mode<S> {
         }
     }
 
+    /// Starts a request for the connection of `slot`: hands it to an idle
+    /// runner of worker `i`, or spawns a runner for it.
     fn spawn_request(&self, i: usize, slot: usize, entry: Entry<S>) {
         let (Some(mode), Some(rt)) = (self.me.upgrade(), self.rt.get()) else {
             drop(self.dispatchers[i].release(slot));
@@ -453,13 +463,19 @@ impl<S: Send + 'static> Mode<S> {
             drop(self.dispatchers[i].release(slot));
             return;
         }
-        let name = entry.name.clone();
+        let job = Job { slot, entry };
+        let idle = self.dispatchers[i].lock().runners.pop();
+        if let Some(runner) = idle {
+            *runner.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(job);
+            runner.fiber.unpark();
+            return;
+        }
         let spawned = crate::fiber::Builder::new()
-            .name(name)
+            .name(RUNNER_NAME)
             // On the worker whose reactor watches the socket, and not
             // stealable: the request runs where its events arrive.
             .spawn_detached(&rt.shared, crate::runtime::current_worker(), move || {
-                mode.serve(i, slot, entry)
+                mode.run_requests(i, job)
             });
         if let Err(e) = spawned {
             // The closure, and with it the connection, was dropped: closed.
@@ -469,11 +485,53 @@ impl<S: Send + 'static> Mode<S> {
         }
     }
 
+    /// A runner's life: serves its first request, then, parked among the
+    /// worker's idle runners, each request it is handed, until the
+    /// server stops or enough runners are idle already.
+    fn run_requests(&self, i: usize, first: Job<S>) {
+        let me = Arc::new(Runner {
+            fiber: crate::current(),
+            job: Mutex::new(None),
+        });
+        let mut buf = Vec::with_capacity(BUFFER_CAPACITY);
+        let mut job = first;
+        loop {
+            self.serve(i, job.slot, job.entry, &mut buf);
+            // Nothing of one connection's request reaches the next one's:
+            // its fiber-local values are dropped, a buffer it grew too.
+            if let Err(payload) = crate::fiber::local::clear_current() {
+                crate::fiber::drop_payload(payload);
+            }
+            crate::fiber::cancel::caught();
+            if buf.capacity() > BUFFER_KEEP_MAX {
+                buf = Vec::with_capacity(BUFFER_CAPACITY);
+            }
+            {
+                let mut t = self.dispatchers[i].lock();
+                if self.done.load(Ordering::SeqCst) || t.runners.len() >= RUNNERS_KEPT {
+                    return;
+                }
+                t.runners.push(me.clone());
+            }
+            job = loop {
+                // Unparked by `spawn_request` with a job, by `start`'s
+                // stop without one, or spuriously (a handler kept this
+                // fiber's handle).
+                crate::park();
+                if let Some(job) = me.job.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                    break job;
+                }
+                if self.done.load(Ordering::SeqCst) {
+                    return;
+                }
+            };
+        }
+    }
+
     /// Runs the handler for as long as input is known to be waiting, then
     /// parks the connection idle again, or closes it.
-    fn serve(&self, i: usize, slot: usize, mut entry: Entry<S>) {
+    fn serve(&self, i: usize, slot: usize, mut entry: Entry<S>, buf: &mut Vec<u8>) {
         let d = &self.dispatchers[i];
-        let mut buf = self.buffers.take();
         loop {
             let keep = loop {
                 let read_before = entry.conn.bytes_read();
@@ -481,7 +539,7 @@ impl<S: Send + 'static> Mode<S> {
                 let mut req = Request {
                     conn: &entry.conn,
                     state: &mut entry.state,
-                    buf: &mut buf,
+                    buf: &mut *buf,
                 };
                 let result = panic::catch_unwind(AssertUnwindSafe(|| (self.handler)(&mut req)));
                 match account(&self.state, entry.conn.peer_addr(), result) {
@@ -507,10 +565,7 @@ impl<S: Send + 'static> Mode<S> {
             }
             entry.since = Instant::now();
             match self.idle(i, slot, entry) {
-                None => {
-                    self.buffers.give(buf);
-                    return;
-                }
+                None => return,
                 Some(back) => entry = back,
             }
             // The reactor's read bit is set, or nothing can watch the
@@ -518,15 +573,11 @@ impl<S: Send + 'static> Mode<S> {
             // try parks it; a socket nothing watches is served in place.
             if let Ok(false) = entry.conn.poll_read_ready() {
                 match self.idle(i, slot, entry) {
-                    None => {
-                        self.buffers.give(buf);
-                        return;
-                    }
+                    None => return,
                     Some(back) => entry = back,
                 }
             }
         }
-        self.buffers.give(buf);
         drop(d.release(slot));
         drop(entry);
     }
