@@ -33,6 +33,13 @@ struct Args {
     /// ones reuse them).
     #[arg(long, default_value_t = 1)]
     rounds: u32,
+    /// glibc's `M_TOP_PAD` in MiB: how much a new heap of a worker
+    /// thread's arena is made writable up front. With glibc's default such
+    /// a heap grows one `mprotect` call per 4 KiB page (about 180,000
+    /// calls for a million fibers; docs/scale.md). 0 leaves glibc's
+    /// default.
+    #[arg(long, default_value_t = 64)]
+    malloc_top_pad: usize,
 }
 
 /// Fields of `/proc/self/status`, in KiB.
@@ -87,6 +94,14 @@ fn mib(kib: u64) -> f64 {
 pub(crate) fn main() {
     let args = Args::parse();
     let n = args.fibers;
+    if args.malloc_top_pad > 0 {
+        let pad = i32::try_from(args.malloc_top_pad << 20).unwrap_or(i32::MAX);
+        // SAFETY: mallopt only sets an allocator parameter; called before
+        // any thread of ours exists.
+        if unsafe { libc::mallopt(libc::M_TOP_PAD, pad) } != 1 {
+            eprintln!("million: mallopt(M_TOP_PAD) was refused; glibc's default stays");
+        }
+    }
     let rt = weave::Runtime::builder()
         .workers(args.workers)
         .stack_size(args.stack_size)
@@ -97,9 +112,10 @@ pub(crate) fn main() {
         .trim()
         .to_string();
     println!(
-        "fibers={n} workers={} stack_size={} vm.max_map_count={max_map_count} kernel={}",
+        "fibers={n} workers={} stack_size={} malloc_top_pad={} MiB vm.max_map_count={max_map_count} kernel={}",
         args.workers,
         args.stack_size,
+        args.malloc_top_pad,
         std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .unwrap_or_default()
             .trim()

@@ -29,6 +29,9 @@ mod million;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
-    println!("allocator: mimalloc (the heap figures below are glibc's and miss mimalloc's heap)");
+    println!(
+        "allocator: mimalloc (the heap figures below are glibc's and miss mimalloc's heap; \
+         --malloc-top-pad tunes glibc's malloc, which Rust allocations here do not use)"
+    );
     million::main()
 }
