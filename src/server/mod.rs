@@ -911,16 +911,16 @@ pub(crate) fn account<T>(
                     | io::ErrorKind::NotConnected
             );
             if quiet {
-                log::debug!("connection {peer} (fiber 'conn {peer}'): {e}");
+                log::debug!("connection {peer}: {e}");
             } else {
-                log::warn!("connection {peer} (fiber 'conn {peer}'): handler error: {e}");
+                log::warn!("connection {peer}: handler error: {e}");
             }
         }
         // Cut by a cancellation (the fiber was cancelled, or the runtime
         // shuts down): not a handler failure. Let it finish unwinding
         // the fiber.
         Err(payload) if crate::fiber::is_cancellation(&*payload) => {
-            log::debug!("connection {peer} (fiber 'conn {peer}'): cancelled");
+            log::debug!("connection {peer}: cancelled");
             panic::resume_unwind(payload);
         }
         Err(payload) => {
@@ -930,7 +930,7 @@ pub(crate) fn account<T>(
                 .map(|s| s.to_string())
                 .or_else(|| payload.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "non-string panic payload".to_string());
-            log::error!("connection {peer} (fiber 'conn {peer}'): handler panicked: {msg}");
+            log::error!("connection {peer}: handler panicked: {msg}");
         }
     }
     None
