@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::panic::{self, AssertUnwindSafe};
 
+use super::raw::LocalMap;
 use crate::runtime::context;
 
 thread_local! {
@@ -44,9 +45,12 @@ impl<T: 'static> LocalKey<T> {
         // SAFETY: a non-null pointer is the fiber running on this thread; its
         // `locals` map is only touched by its own code (on this thread), and
         // no reference into the map outlives a single statement below.
-        let map = unsafe { fiber.as_ref() }.map(|fiber| fiber.locals.get());
-        let value: *const T = match map {
-            Some(map) => {
+        let slot = unsafe { fiber.as_ref() }.map(|fiber| fiber.locals.get());
+        let value: *const T = match slot {
+            Some(slot) => {
+                // SAFETY: as above. The map is boxed, so its address stays
+                // put while `init` below adds values through it.
+                let map: *mut LocalMap = unsafe { &mut **(*slot).get_or_insert_with(Box::default) };
                 // SAFETY: see above; the borrow ends with the statement.
                 let present = unsafe { (*map).contains_key(&key) };
                 if !present {
@@ -104,11 +108,13 @@ pub(crate) fn clear_current() -> std::thread::Result<()> {
         // SAFETY: the map is only touched by the fiber's own code, which is
         // this code. It is moved out first so destructors that use other
         // fiber-locals see a valid (fresh) map.
-        let old = unsafe { std::mem::take(&mut *fiber.locals.get()) };
+        let Some(old) = (unsafe { std::mem::take(&mut *fiber.locals.get()) }) else {
+            break;
+        };
         if old.is_empty() {
             break;
         }
-        for (_, value) in old {
+        for (_, value) in *old {
             let dropped = panic::catch_unwind(AssertUnwindSafe(move || drop(value)));
             if let Err(payload) = dropped {
                 match first_panic {
@@ -120,7 +126,7 @@ pub(crate) fn clear_current() -> std::thread::Result<()> {
     }
     // SAFETY: as above.
     let left = unsafe { std::mem::take(&mut *fiber.locals.get()) };
-    if !left.is_empty() {
+    if let Some(left) = left.filter(|m| !m.is_empty()) {
         log::warn!(
             "weave: fiber '{}': fiber-local destructors kept creating values; leaking {}",
             fiber.display_name(),

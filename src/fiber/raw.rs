@@ -101,9 +101,10 @@ pub(crate) struct RawFiber {
     pub(crate) name: Option<Arc<str>>,
     pub(crate) stack_size: usize,
     pub(crate) shared: Arc<Shared>,
-    /// Fiber-local values, keyed by the address of their `LocalKey`. Touched
-    /// only by code running on the fiber.
-    pub(crate) locals: UnsafeCell<HashMap<usize, Box<dyn Any>>>,
+    /// Fiber-local values, keyed by the address of their `LocalKey`, made
+    /// on first use (most fibers have none). Touched only by code running
+    /// on the fiber.
+    pub(crate) locals: UnsafeCell<Option<Box<LocalMap>>>,
     /// Slot in the owner worker's table of started fibers.
     pub(crate) slot: AtomicUsize,
     /// The join handle's packet, without its result type: a fiber abandoned
@@ -140,6 +141,9 @@ unsafe impl Sync for RawFiber {}
 
 pub(crate) type FiberRef = Arc<RawFiber>;
 
+/// A fiber's fiber-local values, keyed by the address of their `LocalKey`.
+pub(crate) type LocalMap = HashMap<usize, Box<dyn Any>>;
+
 impl RawFiber {
     pub(crate) fn new(
         shared: Arc<Shared>,
@@ -161,7 +165,7 @@ impl RawFiber {
             shared,
             body: UnsafeCell::new(Body::New(body, stack)),
             yielder: UnsafeCell::new(std::ptr::null()),
-            locals: UnsafeCell::new(HashMap::new()),
+            locals: UnsafeCell::new(None),
             control: Control::default(),
             slot: AtomicUsize::new(usize::MAX),
             guard: (AtomicUsize::new(guard_lo), AtomicUsize::new(guard_hi)),
