@@ -30,15 +30,20 @@ fn line_handler(conn: Conn) -> io::Result<()> {
     }
 }
 
-fn start(
-    builder: weave::server::Builder,
-) -> (SocketAddr, weave::ServerHandle, thread::JoinHandle<Summary>) {
-    let server = builder
+/// `builder` on an ephemeral loopback port, 2 workers, no signal handling.
+fn build(builder: weave::server::Builder) -> Server {
+    builder
         .bind("127.0.0.1:0")
         .workers(2)
         .handle_signals(false)
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+fn start(
+    builder: weave::server::Builder,
+) -> (SocketAddr, weave::ServerHandle, thread::JoinHandle<Summary>) {
+    let server = build(builder);
     let addr = server.local_addrs()[0];
     let handle = server.handle();
     let t = thread::spawn(move || server.serve(line_handler).unwrap());
@@ -281,12 +286,7 @@ fn wait_for_live(rt: &weave::Handle, want: usize) {
 #[test]
 fn connection_fibers_are_counted_live_until_their_clients_leave() {
     const CONNS: usize = 64;
-    let server = Server::builder()
-        .bind("127.0.0.1:0")
-        .workers(2)
-        .handle_signals(false)
-        .build()
-        .unwrap();
+    let server = build(Server::builder());
     let addr = server.local_addrs()[0];
     let handle = server.handle();
     let rt = server.runtime_handle();

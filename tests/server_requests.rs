@@ -62,11 +62,17 @@ impl Drop for Dec<'_> {
     }
 }
 
-fn start(idle: Option<Duration>) -> (SocketAddr, Arc<AtomicUsize>, impl FnOnce() -> Summary) {
-    let mut b = Server::builder()
+/// A server on an ephemeral loopback port with `workers` workers and no
+/// signal handling.
+fn loopback(workers: usize) -> weave::server::Builder {
+    Server::builder()
         .bind("127.0.0.1:0")
-        .workers(2)
-        .handle_signals(false);
+        .workers(workers)
+        .handle_signals(false)
+}
+
+fn start(idle: Option<Duration>) -> (SocketAddr, Arc<AtomicUsize>, impl FnOnce() -> Summary) {
+    let mut b = loopback(2);
     if let Some(d) = idle {
         b = b.idle_timeout(d);
     }
@@ -98,13 +104,20 @@ fn serve(server: Server) -> (Arc<AtomicUsize>, impl FnOnce() -> Summary) {
 /// to): waits for the count of running requests to reach zero, which
 /// means idle connections hold no fiber.
 fn wait_until_no_request_runs(live: &AtomicUsize) {
+    wait_until(
+        30_000,
+        || live.load(Ordering::SeqCst) == 0,
+        || "requests still running with all clients idle".to_string(),
+    );
+}
+
+/// Checks `done` every millisecond, at most `tries` times; fails with
+/// `what()` if it never held.
+fn wait_until(tries: u32, mut done: impl FnMut() -> bool, what: impl Fn() -> String) {
     let mut spins = 0;
-    while live.load(Ordering::SeqCst) != 0 {
+    while !done() {
         spins += 1;
-        assert!(
-            spins < 30_000,
-            "requests still running with all clients idle"
-        );
+        assert!(spins < tries, "{}", what());
         thread::sleep(Duration::from_millis(1));
     }
 }
@@ -342,12 +355,7 @@ fn unix_socket_connections_idle_and_wake_like_tcp_ones() {
 /// instead, and the worker stays free for everyone else.
 #[test]
 fn a_handler_that_ignores_end_of_file_gets_its_connection_closed() {
-    let server = Server::builder()
-        .bind("127.0.0.1:0")
-        .workers(1)
-        .handle_signals(false)
-        .build()
-        .unwrap();
+    let server = loopback(1).build().unwrap();
     let addr = server.local_addrs()[0];
     let handle = server.handle();
     let t = thread::spawn(move || {
@@ -393,12 +401,7 @@ fn request_runners_are_reused_bounded_and_gone_after_stop() {
     // worker keeps.
     const CONNS: usize = 300;
     const KEPT_PER_WORKER: usize = 64;
-    let server = Server::builder()
-        .bind("127.0.0.1:0")
-        .workers(2)
-        .handle_signals(false)
-        .build()
-        .unwrap();
+    let server = loopback(2).build().unwrap();
     let addr = server.local_addrs()[0];
     let rt = server.runtime_handle();
     let (live, stop) = serve(server);
@@ -420,16 +423,16 @@ fn request_runners_are_reused_bounded_and_gone_after_stop() {
         }
         wait_until_no_request_runs(&live);
         // The runners past what each worker keeps have ended.
-        let mut spins = 0;
-        while rt.live_fibers() > base + 2 * KEPT_PER_WORKER {
-            spins += 1;
-            assert!(
-                spins < 10_000,
-                "{} fibers live with every client idle, {base} before {CONNS} requests at once",
-                rt.live_fibers()
-            );
-            thread::sleep(Duration::from_millis(1));
-        }
+        wait_until(
+            10_000,
+            || rt.live_fibers() <= base + 2 * KEPT_PER_WORKER,
+            || {
+                format!(
+                    "{} fibers live with every client idle, {base} before {CONNS} requests at once",
+                    rt.live_fibers()
+                )
+            },
+        );
     }
     drop(first);
     stop();
@@ -444,12 +447,7 @@ weave::fiber_local! {
 fn fiber_locals_of_one_request_never_reach_the_next() {
     // One worker, requests one after the other: the same runner serves
     // them all.
-    let server = Server::builder()
-        .bind("127.0.0.1:0")
-        .workers(1)
-        .handle_signals(false)
-        .build()
-        .unwrap();
+    let server = loopback(1).build().unwrap();
     let addr = server.local_addrs()[0];
     let handle = server.handle();
     let t = thread::spawn(move || {
