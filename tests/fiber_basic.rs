@@ -81,6 +81,25 @@ fn names_and_ids() {
 }
 
 #[test]
+fn a_shared_name_is_not_copied() {
+    let rt = rt(2);
+    let name: Arc<str> = Arc::from("shared name");
+    let at = name.as_ptr() as usize;
+    let seen: Vec<usize> = rt.block_on(move || {
+        let hs: Vec<_> = (0..4)
+            .map(|_| {
+                weave::fiber::Builder::new()
+                    .name(name.clone())
+                    .spawn(|| weave::current().name().map_or(0, |n| n.as_ptr() as usize))
+                    .unwrap()
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(seen, vec![at; 4], "every fiber's name is the one Arc<str>");
+}
+
+#[test]
 fn rc_across_parks_stays_on_thread() {
     let rt = rt(2);
     let hs: Vec<_> = (0..8)
