@@ -126,7 +126,19 @@ pub(crate) fn main() {
         let pte0 = status_kib("VmPTE:");
         let maps0 = mappings();
         let (user0, sys0) = cpu_time();
-        let started = Arc::new(AtomicU64::new(0));
+        // How many fibers started on each worker (they park right after).
+        let started: Arc<Vec<AtomicU64>> =
+            Arc::new((0..args.workers).map(|_| AtomicU64::new(0)).collect());
+        let started_total = {
+            let started = started.clone();
+            move || {
+                started
+                    .iter()
+                    .map(|c| c.load(Ordering::Relaxed))
+                    .sum::<u64>()
+            }
+        };
+        let per_worker = started.clone();
         let report = rt.block_on(move || {
             let t0 = Instant::now();
             let mut senders = Vec::with_capacity(n as usize);
@@ -136,7 +148,8 @@ pub(crate) fn main() {
                 let started = started.clone();
                 let h = weave::fiber::Builder::new()
                     .spawn(move || {
-                        started.fetch_add(1, Ordering::Relaxed);
+                        let w = weave::runtime::current_worker().unwrap_or(0);
+                        started[w].fetch_add(1, Ordering::Relaxed);
                         rx.recv().expect("sender dropped") ^ i
                     })
                     .unwrap_or_else(|e| panic!("spawn {i} of {n}: {e}"));
@@ -150,7 +163,7 @@ pub(crate) fn main() {
             }
             let spawned = t0.elapsed();
             // Each fiber counts itself just before it parks in `recv`.
-            while started.load(Ordering::Relaxed) < n {
+            while started_total() < n {
                 weave::yield_now();
             }
             let parked_at = t0.elapsed();
@@ -222,9 +235,14 @@ pub(crate) fn main() {
             mib(status_kib("VmHWM:")),
             mib(status_kib("VmSize:")) / 1024.0
         );
+        let shares: Vec<String> = per_worker
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed).to_string())
+            .collect();
         println!(
-            "  after join: resident {:.0} MiB",
-            mib(status_kib("VmRSS:"))
+            "  after join: resident {:.0} MiB; fibers run per worker: {}",
+            mib(status_kib("VmRSS:")),
+            shares.join(" / ")
         );
     }
 }

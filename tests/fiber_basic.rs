@@ -175,3 +175,61 @@ fn dropping_runtime_cancels_parked_fibers_and_runs_destructors() {
         assert!(e.downcast_ref::<weave::fiber::Cancelled>().is_some());
     }
 }
+
+/// Sets its flag when dropped.
+struct DropFlag(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// A result nobody will join is dropped as soon as both the fiber and its
+/// handle are done with it, even while a [`weave::Fiber`] handle keeps the
+/// fiber's record (where the result sits) alive.
+#[test]
+fn an_unjoined_result_is_dropped_when_handle_and_fiber_are_gone() {
+    use std::sync::atomic::AtomicBool;
+    let rt = rt(2);
+    rt.block_on(|| {
+        // The handle goes first: the fiber's end drops the result.
+        let dropped = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = weave::sync::channel::<()>();
+        let flag = DropFlag(dropped.clone());
+        let h = weave::spawn(move || {
+            rx.recv().unwrap();
+            flag
+        });
+        let fiber = h.fiber();
+        drop(h);
+        tx.send(()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !dropped.load(Ordering::SeqCst) && Instant::now() < deadline {
+            weave::sleep(Duration::from_millis(1));
+        }
+        assert!(
+            dropped.load(Ordering::SeqCst),
+            "the result outlived its fiber"
+        );
+        drop(fiber);
+
+        // The fiber goes first: dropping the handle drops the result.
+        let dropped = Arc::new(AtomicBool::new(false));
+        let flag = DropFlag(dropped.clone());
+        let h = weave::spawn(move || flag);
+        let fiber = h.fiber();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !h.is_finished() && Instant::now() < deadline {
+            weave::sleep(Duration::from_millis(1));
+        }
+        assert!(h.is_finished());
+        assert!(!dropped.load(Ordering::SeqCst), "dropped before the handle");
+        drop(h);
+        assert!(
+            dropped.load(Ordering::SeqCst),
+            "the result outlived its handle"
+        );
+        drop(fiber);
+    });
+}

@@ -23,10 +23,12 @@ mod state_atomic {
     pub(crate) use std::sync::atomic::{AtomicU8, Ordering};
 }
 
+use std::cell::UnsafeCell;
 use std::fmt;
 use std::io;
 use std::num::NonZeroU64;
 use std::panic::{self, AssertUnwindSafe};
+use std::ptr::NonNull;
 use std::sync::{Arc, Mutex, Once};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -35,7 +37,7 @@ pub use cancel::{
     cancellation_point, catch_unwind, is_cancellation, without_cancellation, Cancelled,
 };
 pub use local::LocalKey;
-use raw::{FiberRef, RawFiber, Switch, Unparker};
+use raw::{FiberCoroutine, FiberRef, RawFiber, Switch, Tail, Unparker};
 pub(crate) use scope::scope_on;
 pub use scope::{scope, Scope, ScopedJoinHandle};
 
@@ -186,10 +188,7 @@ fn park_deadline(deadline: Option<Instant>) {
                 let w = w.expect("a fiber runs on a worker");
                 // SAFETY: `f` is alive (see above); we take a new strong
                 // reference.
-                let me = unsafe {
-                    Arc::increment_strong_count(f);
-                    Arc::from_raw(f)
-                };
+                let me = unsafe { FiberRef::clone_from_ptr(f) };
                 w.add_timer(deadline, me)
             });
             switch_out(f, Switch::Park);
@@ -313,24 +312,108 @@ impl Builder {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        // The stack first: once the completer exists, dropping it reports
-        // a finished fiber.
         let (stack_size, stack) = self.stack(shared)?;
-        let packet = Arc::new(Packet {
-            state: Mutex::new(PacketState {
-                result: None,
-                waiter: None,
-            }),
-        });
-        let completer = Completer {
-            packet: Some(packet.clone()),
-            shared: shared.clone(),
+        let tail = JoinTail {
+            packet: Packet {
+                state: Mutex::new(PacketState {
+                    result: None,
+                    waiter: None,
+                    detached: false,
+                    delivered: false,
+                }),
+            },
+            func: UnsafeCell::new(Some(f)),
         };
-        let body = Box::new(move || {
+        let fiber = self.launch(shared, worker, stack_size, stack, tail);
+        // SAFETY: made just above with a `JoinTail<F, T>`.
+        let packet = NonNull::from(&unsafe { fiber.tail::<JoinTail<F, T>>() }.packet);
+        Ok(JoinHandle { fiber, packet })
+    }
+
+    /// Spawns a fiber nobody joins (the server's connection and request
+    /// fibers): there is no join packet, and the fiber's value, or its
+    /// panic (already reported by the panic hook), is dropped when it ends.
+    pub(crate) fn spawn_detached<F>(
+        self,
+        shared: &Arc<Shared>,
+        worker: Option<usize>,
+        f: F,
+    ) -> io::Result<()>
+    where
+        F: FnOnce() + Send + 'static,
+    {
+        let (stack_size, stack) = self.stack(shared)?;
+        let tail = DetachedTail {
+            func: UnsafeCell::new(Some(f)),
+        };
+        self.launch(shared, worker, stack_size, stack, tail);
+        Ok(())
+    }
+
+    /// Checks the stack size and takes a stack of it.
+    fn stack(&self, shared: &Shared) -> io::Result<(usize, stack::FiberStack)> {
+        let stack_size = self.stack_size.unwrap_or(shared.config.stack_size);
+        if !(4096..=(1 << 40)).contains(&stack_size) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("fiber stack size {stack_size} is outside 4 KiB..1 TiB"),
+            ));
+        }
+        Ok((stack_size, stack::FiberStack::new(stack_size)?))
+    }
+
+    /// Makes the fiber, counts it live and queues it.
+    fn launch<P: Tail>(
+        self,
+        shared: &Arc<Shared>,
+        worker: Option<usize>,
+        stack_size: usize,
+        stack: stack::FiberStack,
+        tail: P,
+    ) -> FiberRef {
+        install_panic_hook();
+        let fiber = FiberRef::new(shared.clone(), self.name, stack_size, stack, tail);
+        shared
+            .live_fibers
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        schedule_spawned(fiber.clone(), worker);
+        fiber
+    }
+}
+
+/// A joinable fiber's tail: its join packet, and its closure until it
+/// starts.
+struct JoinTail<F, T> {
+    packet: Packet<T>,
+    func: UnsafeCell<Option<F>>,
+}
+
+// SAFETY: `func` is only touched by the one thread that owns the fiber's
+// body (the `Tail` contract); the packet is behind its mutex.
+unsafe impl<F: Send, T: Send> Sync for JoinTail<F, T> {}
+
+// SAFETY: `start` and `drop_unstarted` take the closure out at most once
+// between them (the `Tail` contract), and the completer they make only
+// reaches the packet and the header of this same allocation, which lives
+// as long as the fiber's body: the worker's table holds the fiber while
+// it runs, and the thread that drops an unstarted body holds a reference.
+unsafe impl<F, T> Tail for JoinTail<F, T>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    unsafe fn start(&self, fiber: *const RawFiber, stack: stack::FiberStack) -> FiberCoroutine {
+        // SAFETY: passed on from the caller.
+        let f = unsafe { take_closure(&self.func) }.expect("a fiber starts once");
+        let completer = Completer {
+            packet: Some(NonNull::from(&self.packet)),
+            fiber,
+        };
+        crate::runtime::worker::make_coroutine(fiber, stack, move || {
             // `f` is mentioned first so that it is captured, and so dropped,
-            // first: a body dropped unstarted drops the user's closure
-            // before its completer reports the fiber cancelled, so a joiner
-            // that sees `Cancelled` also sees the closure's captures gone.
+            // first: a coroutine dropped before it ran drops the user's
+            // closure before its completer reports the fiber cancelled, so
+            // a joiner that sees `Cancelled` also sees the captures gone.
             let f = f;
             let mut completer = completer;
             let mut result = run_body(f);
@@ -353,28 +436,57 @@ impl Builder {
                 }
             }
             completer.complete(result);
-        });
-        let weak = Arc::downgrade(&packet) as std::sync::Weak<dyn Abandon>;
-        let fiber = self.launch(shared, worker, stack_size, stack, body, Some(weak));
-        Ok(JoinHandle { fiber, packet })
+        })
     }
 
-    /// Spawns a fiber nobody joins (the server's connection and request
-    /// fibers): no join packet is allocated, and the fiber's value, or its
-    /// panic (already reported by the panic hook), is dropped when it ends.
-    pub(crate) fn spawn_detached<F>(
-        self,
-        shared: &Arc<Shared>,
-        worker: Option<usize>,
-        f: F,
-    ) -> io::Result<()>
-    where
-        F: FnOnce() + Send + 'static,
-    {
-        let (stack_size, stack) = self.stack(shared)?;
-        let count = LiveCount(shared.clone());
-        let body = Box::new(move || {
-            // `f` first, as in `spawn_inner`: dropped unstarted, the
+    unsafe fn drop_unstarted(&self, fiber: &RawFiber) {
+        // Declared first, dropped last: it reports the fiber cancelled
+        // after the closure's captures are gone, also when one of their
+        // destructors panics.
+        let _report = Completer {
+            packet: Some(NonNull::from(&self.packet)),
+            fiber,
+        };
+        // SAFETY: passed on from the caller.
+        drop(unsafe { take_closure(&self.func) });
+    }
+
+    fn abandon(&self) -> bool {
+        self.packet.abandon()
+    }
+}
+
+/// Takes a fiber's closure out of its tail.
+///
+/// # Safety
+///
+/// The caller owns the fiber's body (see [`Tail`]'s contract).
+unsafe fn take_closure<F>(slot: &UnsafeCell<Option<F>>) -> Option<F> {
+    // SAFETY: only the body's owner touches the slot, so this is the one
+    // access.
+    unsafe { (*slot.get()).take() }
+}
+
+/// A detached fiber's tail: its closure until it starts.
+struct DetachedTail<F> {
+    func: UnsafeCell<Option<F>>,
+}
+
+// SAFETY: as for `JoinTail`.
+unsafe impl<F: Send> Sync for DetachedTail<F> {}
+
+// SAFETY: as for `JoinTail`; the live count it keeps is in the runtime the
+// header names.
+unsafe impl<F> Tail for DetachedTail<F>
+where
+    F: FnOnce() + Send + 'static,
+{
+    unsafe fn start(&self, fiber: *const RawFiber, stack: stack::FiberStack) -> FiberCoroutine {
+        // SAFETY: passed on from the caller.
+        let f = unsafe { take_closure(&self.func) }.expect("a fiber starts once");
+        let count = LiveCount(fiber);
+        crate::runtime::worker::make_coroutine(fiber, stack, move || {
+            // `f` first, as in `JoinTail::start`: dropped unstarted, the
             // closure goes before the fiber stops being counted live.
             let f = f;
             let count = count;
@@ -385,40 +497,17 @@ impl Builder {
                 drop_payload(payload);
             }
             drop(count);
-        });
-        self.launch(shared, worker, stack_size, stack, body, None);
-        Ok(())
+        })
     }
 
-    /// Checks the stack size and takes a stack of it.
-    fn stack(&self, shared: &Shared) -> io::Result<(usize, stack::FiberStack)> {
-        let stack_size = self.stack_size.unwrap_or(shared.config.stack_size);
-        if !(4096..=(1 << 40)).contains(&stack_size) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("fiber stack size {stack_size} is outside 4 KiB..1 TiB"),
-            ));
-        }
-        Ok((stack_size, stack::FiberStack::new(stack_size)?))
+    unsafe fn drop_unstarted(&self, fiber: &RawFiber) {
+        let _count = LiveCount(fiber);
+        // SAFETY: passed on from the caller.
+        drop(unsafe { take_closure(&self.func) });
     }
 
-    /// Makes the fiber, counts it live and queues it.
-    fn launch(
-        self,
-        shared: &Arc<Shared>,
-        worker: Option<usize>,
-        stack_size: usize,
-        stack: stack::FiberStack,
-        body: Box<dyn FnOnce() + Send>,
-        packet: Option<std::sync::Weak<dyn Abandon>>,
-    ) -> FiberRef {
-        install_panic_hook();
-        let fiber = RawFiber::new(shared.clone(), self.name, stack_size, body, stack, packet);
-        shared
-            .live_fibers
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        schedule_spawned(fiber.clone(), worker);
-        fiber
+    fn abandon(&self) -> bool {
+        true
     }
 }
 
@@ -437,12 +526,16 @@ fn run_body<T>(f: impl FnOnce() -> T) -> thread::Result<T> {
 }
 
 /// A detached fiber's place in [`Shared::live_fibers`]: taken when it ends,
-/// or when its unstarted body is dropped.
-struct LiveCount(Arc<Shared>);
+/// or when its unstarted closure is dropped. Holds the fiber's header,
+/// which outlives the fiber's body (see `JoinTail`'s `Tail` impl).
+struct LiveCount(*const RawFiber);
 
 impl Drop for LiveCount {
     fn drop(&mut self) {
-        self.0
+        // SAFETY: see the type's docs.
+        let fiber = unsafe { &*self.0 };
+        fiber
+            .shared
             .live_fibers
             .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
@@ -522,18 +615,50 @@ where
 struct PacketState<T> {
     result: Option<thread::Result<T>>,
     waiter: Option<Unparker>,
+    /// The handle is gone: a result that arrives now is dropped at once.
+    detached: bool,
+    /// The fiber's one result was delivered (whether or not it was kept).
+    delivered: bool,
 }
 
-/// Where a fiber leaves its result for its [`JoinHandle`].
+/// Where a fiber leaves its result for its [`JoinHandle`]; it sits in the
+/// fiber's allocation (see `JoinTail`).
 struct Packet<T> {
     state: Mutex<PacketState<T>>,
 }
 
+impl<T> Packet<T> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, PacketState<T>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reports the fiber cancelled to its handle, for a fiber abandoned at
+    /// runtime shutdown whose completer will never run. Returns whether it
+    /// did (false: the fiber had already delivered its result).
+    fn abandon(&self) -> bool {
+        let waiter = {
+            let mut st = self.lock();
+            if st.delivered {
+                return false;
+            }
+            st.delivered = true;
+            st.result = Some(Err(Box::new(Cancelled)));
+            st.waiter.take()
+        };
+        if let Some(w) = waiter {
+            w.unpark();
+        }
+        true
+    }
+}
+
 /// Owned by the fiber's body: completes the packet, or on drop (the body
-/// never ran, or was unwound at runtime shutdown) marks it cancelled.
+/// never ran, or was unwound at runtime shutdown) reports it cancelled.
+/// Its pointers are into the fiber's own allocation, which outlives the
+/// body (see `JoinTail`'s `Tail` impl).
 struct Completer<T> {
-    packet: Option<Arc<Packet<T>>>,
-    shared: Arc<Shared>,
+    packet: Option<NonNull<Packet<T>>>,
+    fiber: *const RawFiber,
 }
 
 impl<T> Completer<T> {
@@ -543,50 +668,35 @@ impl<T> Completer<T> {
     /// payload, either with a destructor of its own) is dropped here under a
     /// catch.
     fn complete(&mut self, result: thread::Result<T>) {
-        if let Some(packet) = self.packet.take() {
-            // Counted finished before the joiner can see the result.
-            self.shared
-                .live_fibers
-                .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-            let waiter = {
-                let mut st = packet.state.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(packet) = self.packet.take() else {
+            return;
+        };
+        // SAFETY: see the type's docs.
+        let (fiber, packet) = unsafe { (&*self.fiber, packet.as_ref()) };
+        // Counted finished before the joiner can see the result.
+        fiber
+            .shared
+            .live_fibers
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        let (waiter, unwanted) = {
+            let mut st = packet.lock();
+            st.delivered = true;
+            if st.detached {
+                (None, Some(result))
+            } else {
                 st.result = Some(result);
-                st.waiter.take()
-            };
-            if let Some(w) = waiter {
-                w.unpark();
+                (st.waiter.take(), None)
             }
-            // The last reference (the handle is gone) drops the result.
-            if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(move || drop(packet))) {
-                log::error!("weave: dropping a detached fiber's result panicked");
-                drop_payload(payload);
-            }
-        }
-    }
-}
-
-/// A join packet seen without its result type.
-pub(crate) trait Abandon: Send + Sync {
-    /// Reports the fiber cancelled to its handle, for a fiber abandoned at
-    /// runtime shutdown whose completer will never run. Returns whether it
-    /// did (false: the fiber had already delivered its result).
-    fn abandon(&self) -> bool;
-}
-
-impl<T: Send> Abandon for Packet<T> {
-    fn abandon(&self) -> bool {
-        let waiter = {
-            let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            if st.result.is_some() {
-                return false;
-            }
-            st.result = Some(Err(Box::new(Cancelled)));
-            st.waiter.take()
         };
         if let Some(w) = waiter {
             w.unpark();
         }
-        true
+        if let Some(result) = unwanted {
+            if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(move || drop(result))) {
+                log::error!("weave: dropping a detached fiber's result panicked");
+                drop_payload(payload);
+            }
+        }
     }
 }
 
@@ -600,6 +710,7 @@ pub(crate) fn drop_payload(payload: Box<dyn std::any::Any + Send>) {
 }
 
 impl<T> Drop for Completer<T> {
+    /// A body dropped before it ran, or unwound at runtime shutdown.
     fn drop(&mut self) {
         self.complete(Err(Box::new(Cancelled)));
     }
@@ -610,7 +721,35 @@ impl<T> Drop for Completer<T> {
 /// Dropping the handle detaches the fiber; it keeps running.
 pub struct JoinHandle<T> {
     fiber: FiberRef,
-    packet: Arc<Packet<T>>,
+    /// Into the fiber's allocation, which `fiber` keeps alive.
+    packet: NonNull<Packet<T>>,
+}
+
+// SAFETY: the handle reaches the packet only through its mutex, and the
+// result crosses threads once, as `std::thread::JoinHandle`'s does.
+unsafe impl<T: Send> Send for JoinHandle<T> {}
+// SAFETY: as above.
+unsafe impl<T: Send> Sync for JoinHandle<T> {}
+
+impl<T> JoinHandle<T> {
+    fn packet(&self) -> &Packet<T> {
+        // SAFETY: `self.fiber` keeps the allocation the packet is in alive.
+        unsafe { self.packet.as_ref() }
+    }
+}
+
+impl<T> Drop for JoinHandle<T> {
+    /// Detaches the fiber: a result already delivered is dropped now, one
+    /// delivered later is dropped by the fiber as it ends.
+    fn drop(&mut self) {
+        let result = {
+            let mut st = self.packet().lock();
+            st.detached = true;
+            st.waiter = None;
+            st.result.take()
+        };
+        drop(result);
+    }
 }
 
 impl<T> fmt::Debug for JoinHandle<T> {
@@ -633,7 +772,7 @@ impl<T> JoinHandle<T> {
     pub fn join(self) -> thread::Result<T> {
         loop {
             {
-                let mut st = self.packet.state.lock().unwrap_or_else(|e| e.into_inner());
+                let mut st = self.packet().lock();
                 if let Some(r) = st.result.take() {
                     return r;
                 }
@@ -683,12 +822,7 @@ impl<T> JoinHandle<T> {
 
     /// True once the fiber has finished (its result is ready).
     pub fn is_finished(&self) -> bool {
-        self.packet
-            .state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .result
-            .is_some()
+        self.packet().lock().result.is_some()
     }
 
     /// The fiber's handle.
@@ -728,32 +862,19 @@ pub(crate) struct JoinArm<'a, T>(&'a Packet<T>);
 
 impl<T> JoinHandle<T> {
     pub(crate) fn join_arm(&self) -> JoinArm<'_, T> {
-        JoinArm(&self.packet)
+        JoinArm(self.packet())
     }
 }
 
 impl<T> crate::select::imp::Source for JoinArm<'_, T> {
     fn is_ready(&self) -> bool {
-        self.0
-            .state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .result
-            .is_some()
+        self.0.lock().result.is_some()
     }
     fn watch(&self, w: &crate::select::imp::Watcher) -> bool {
-        self.0
-            .state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .waiter = Some(w.unparker.clone());
+        self.0.lock().waiter = Some(w.unparker.clone());
         true
     }
     fn unwatch(&self, _: &crate::select::imp::Watcher) {
-        self.0
-            .state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .waiter = None;
+        self.0.lock().waiter = None;
     }
 }

@@ -113,7 +113,7 @@ struct WaitList {
 
 impl WaitList {
     fn add(&mut self, f: &FiberRef) {
-        let present = |w: &FiberRef| Arc::ptr_eq(w, f);
+        let present = |w: &FiberRef| FiberRef::ptr_eq(w, f);
         let in_rest = self.rest.as_ref().is_some_and(|r| r.iter().any(present));
         if self.first.as_ref().is_some_and(present) || in_rest {
             return;
@@ -126,10 +126,10 @@ impl WaitList {
     }
 
     fn remove(&mut self, f: &FiberRef) {
-        if self.first.as_ref().is_some_and(|w| Arc::ptr_eq(w, f)) {
+        if self.first.as_ref().is_some_and(|w| FiberRef::ptr_eq(w, f)) {
             self.first = self.rest.as_mut().and_then(|r| r.pop());
         } else if let Some(r) = &mut self.rest {
-            r.retain(|w| !Arc::ptr_eq(w, f));
+            r.retain(|w| !FiberRef::ptr_eq(w, f));
         }
     }
 

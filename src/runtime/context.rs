@@ -17,7 +17,6 @@
 
 use std::cell::Cell;
 use std::ptr;
-use std::sync::Arc;
 
 use super::worker::Worker;
 use crate::fiber::raw::FiberRef;
@@ -46,10 +45,7 @@ pub(crate) fn current_fiber() -> Option<FiberRef> {
         // SAFETY: a non-null `current` is the fiber running on this thread;
         // the worker holds a strong reference while it runs, so adding one
         // more and wrapping it is sound.
-        unsafe {
-            Arc::increment_strong_count(p);
-            Some(Arc::from_raw(p))
-        }
+        unsafe { Some(FiberRef::clone_from_ptr(p)) }
     })
 }
 

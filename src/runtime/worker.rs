@@ -14,6 +14,7 @@ use mio::{Events, Poll, Token};
 
 use super::{context, Remote, Shared};
 use crate::fiber::raw::{Body, FiberCoroutine, FiberRef, RawFiber, Switch};
+use crate::fiber::stack::FiberStack;
 use crate::fiber::{drop_payload, overflow};
 use crate::io::ScheduledIo;
 use crate::time::{TimerKey, Timers};
@@ -418,7 +419,7 @@ impl Worker {
             self.suspended_unwinders
                 .set(self.suspended_unwinders.get() - 1);
         }
-        self.current.set(Arc::as_ptr(&fiber));
+        self.current.set(fiber.as_ptr());
         overflow::set_current(&fiber);
         let started = crate::sys::coarse_now();
         // The fiber's root catches every panic (see `start`); should one
@@ -461,32 +462,15 @@ impl Worker {
     /// First run: pin the fiber here and make its coroutine on the stack it
     /// was spawned with.
     fn start(&self, fiber: &FiberRef, body: &mut Body) {
-        let Body::New(func, stack) = std::mem::replace(body, Body::Gone) else {
+        let Body::New(stack) = std::mem::replace(body, Body::Gone) else {
             unreachable!()
         };
         fiber.owner.store(self.index, Ordering::Release);
         let slot = self.fibers.borrow_mut().insert(fiber.clone());
         fiber.slot.store(slot, Ordering::Relaxed);
-        let me: *const RawFiber = Arc::as_ptr(fiber);
-        let me = me as usize;
-        let co: FiberCoroutine = Coroutine::with_stack(stack, move |yielder, ()| {
-            let me = me as *const RawFiber;
-            // SAFETY: the fiber is alive (the worker's table holds it until
-            // the coroutine finishes) and only its own code reads `yielder`.
-            unsafe { *(*me).yielder.get() = yielder as *const _ };
-            // The body catches the user's panics itself; this root catch is
-            // the last line, so that nothing unwinds into the worker.
-            if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(func)) {
-                // SAFETY: as above.
-                let name = unsafe { (*me).display_name() };
-                log::error!(
-                    "weave: fiber '{name}': a panic escaped the fiber's body ({})",
-                    payload_text(&*payload)
-                );
-                drop_payload(payload);
-            }
-        });
-        *body = Body::Running(co);
+        // SAFETY: the first run, on the owner, with the body taken out of
+        // `New` just above.
+        *body = Body::Running(unsafe { fiber.start_coroutine(stack) });
     }
 
     fn finish(&self, fiber: FiberRef) {
@@ -596,11 +580,7 @@ impl Worker {
             // Its completer (or a detached fiber's live count) sits on the
             // leaked stack: report it cancelled from here, so its join
             // handle still gets its one result, and count it ended.
-            let ended = match &fiber.packet {
-                Some(packet) => packet.upgrade().is_some_and(|p| p.abandon()),
-                None => true,
-            };
-            if ended {
+            if fiber.abandon() {
                 self.shared.live_fibers.fetch_sub(1, Ordering::SeqCst);
             }
             self.retire(&fiber);
@@ -619,10 +599,21 @@ pub(crate) fn drop_unstarted(fiber: FiberRef) {
     let body = unsafe { &mut *fiber.body.get() };
     let old = std::mem::replace(body, Body::Gone);
     debug_assert!(!matches!(old, Body::Running(_)), "fiber already started");
+    let Body::New(stack) = old else {
+        // Already dropped: its closure is gone and its end was reported.
+        fiber.mark_done();
+        return;
+    };
+    // The stack goes back to its pool.
+    drop(stack);
     // The closure's captures are user values, so their destructors run
-    // under a catch; dropping the closure also drops its join-state
-    // completer, which reports the fiber cancelled.
-    if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(move || drop(old))) {
+    // under a catch; the fiber is reported cancelled to its join handle
+    // after them, even when one panics.
+    // SAFETY: the body was `New` (never started) and is `Gone` now.
+    let dropped = panic::catch_unwind(AssertUnwindSafe(|| unsafe {
+        fiber.drop_closure_unstarted()
+    }));
+    if let Err(payload) = dropped {
         log::error!(
             "weave: fiber '{}': dropping its unstarted closure panicked ({})",
             fiber.display_name(),
@@ -631,6 +622,33 @@ pub(crate) fn drop_unstarted(fiber: FiberRef) {
         drop_payload(payload);
     }
     fiber.mark_done();
+}
+
+/// Makes the coroutine of the fiber at `fiber` that runs `body` on `stack`,
+/// on the fiber's first run. The body catches the user's panics itself;
+/// the catch here is the last line, so that nothing unwinds into the
+/// worker.
+pub(crate) fn make_coroutine(
+    fiber: *const RawFiber,
+    stack: FiberStack,
+    body: impl FnOnce() + 'static,
+) -> FiberCoroutine {
+    let me = fiber as usize;
+    Coroutine::with_stack(stack, move |yielder, ()| {
+        let me = me as *const RawFiber;
+        // SAFETY: the fiber is alive (the worker's table holds it until
+        // the coroutine finishes) and only its own code reads `yielder`.
+        unsafe { *(*me).yielder.get() = yielder as *const _ };
+        if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(body)) {
+            // SAFETY: as above.
+            let name = unsafe { (*me).display_name() };
+            log::error!(
+                "weave: fiber '{name}': a panic escaped the fiber's body ({})",
+                payload_text(&*payload)
+            );
+            drop_payload(payload);
+        }
+    })
 }
 
 /// Takes every fiber out of `q`, a queue of fibers that have not started,

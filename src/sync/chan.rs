@@ -60,7 +60,7 @@
 use std::collections::VecDeque;
 use std::mem;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Instant;
 
 use super::error::{RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError};
@@ -104,7 +104,7 @@ pub(crate) struct Chan<T> {
 fn is_current(u: &Unparker) -> bool {
     match u {
         Unparker::Fiber(f) => crate::runtime::context::with_worker(|w| {
-            w.is_some_and(|w| std::ptr::eq(w.current.get(), Arc::as_ptr(f)))
+            w.is_some_and(|w| std::ptr::eq(w.current.get(), f.as_ptr()))
         }),
         Unparker::Thread(_) => false,
     }
