@@ -15,6 +15,9 @@
 //!   one; the last receiver's drop notifies all.
 //! - `ack_q`: rendezvous only: the sender whose message sits in the slot,
 //!   waiting for `taken` to pass its message's sequence number.
+//! - `send_q`, `ack_q` and the selectors' watcher lists live in `State::waits`,
+//!   made on the first wait or watch that needs them: notifiers skip them
+//!   while they do not exist (nobody to notify).
 //! - `pushed`/`taken` count messages in and out; a rendezvous sender's message
 //!   is taken once `taken > seq`, where `seq` was `pushed` before its push.
 //! - `owned_slot`: rendezvous only: the message in the slot belongs to a
@@ -76,15 +79,44 @@ pub(crate) struct State<T> {
     /// Single-receiver channels: who waits in the receiver slot (kept after
     /// the wait, so that the next wait of the same fiber reuses it).
     rx: Option<Unparker>,
-    send_q: WaitQueue,
-    ack_q: WaitQueue,
     pushed: u64,
     taken: u64,
     owned_slot: bool,
+    /// The waits only some channels see, made on first use (see [`Waits`]).
+    waits: Option<Box<Waits>>,
+}
+
+/// Waiters that only bounded channels, rendezvous senders and selectors
+/// bring: kept out of line, so that an unbounded channel nobody selects on
+/// (most of them) takes 176 bytes instead of 280 (`tests/alloc.rs`).
+struct Waits {
+    send_q: WaitQueue,
+    ack_q: WaitQueue,
     /// Selectors waiting for a message (or disconnection).
     recv_watchers: Watchers,
     /// Selectors waiting for room (or disconnection).
     send_watchers: Watchers,
+}
+
+impl<T> State<T> {
+    /// The out-of-line waiters, made now if need be: for a caller about to
+    /// wait or watch.
+    fn waits(&mut self) -> &mut Waits {
+        self.waits.get_or_insert_with(|| {
+            Box::new(Waits {
+                send_q: WaitQueue::new(),
+                ack_q: WaitQueue::new(),
+                recv_watchers: Watchers::new(),
+                send_watchers: Watchers::new(),
+            })
+        })
+    }
+
+    /// The out-of-line waiters if any were ever made: for a caller about to
+    /// notify (nobody to notify otherwise).
+    fn waits_made(&mut self) -> Option<&mut Waits> {
+        self.waits.as_deref_mut()
+    }
 }
 
 /// A channel shared by its senders and receivers (through an `Arc`).
@@ -152,13 +184,10 @@ impl<T> Chan<T> {
                 receivers: 1,
                 recv_q: WaitQueue::new(),
                 rx: None,
-                send_q: WaitQueue::new(),
-                ack_q: WaitQueue::new(),
                 pushed: 0,
                 taken: 0,
                 owned_slot: false,
-                recv_watchers: Watchers::new(),
-                send_watchers: Watchers::new(),
+                waits: None,
             }),
         }
     }
@@ -195,7 +224,9 @@ impl<T> Chan<T> {
         if st.senders == 0 {
             self.notify_receiver(&mut st, &mut wake);
             st.recv_q.notify_all(&mut wake);
-            st.recv_watchers.notify_all(&mut wake);
+            if let Some(w) = st.waits_made() {
+                w.recv_watchers.notify_all(&mut wake);
+            }
         }
         drop(st);
         drop(wake);
@@ -214,9 +245,11 @@ impl<T> Chan<T> {
                 garbage = mem::take(&mut st.queue);
             }
             rx = st.rx.take();
-            st.send_q.notify_all(&mut wake);
-            st.ack_q.notify_all(&mut wake);
-            st.send_watchers.notify_all(&mut wake);
+            if let Some(w) = st.waits_made() {
+                w.send_q.notify_all(&mut wake);
+                w.ack_q.notify_all(&mut wake);
+                w.send_watchers.notify_all(&mut wake);
+            }
         }
         drop(st);
         drop(wake);
@@ -247,7 +280,9 @@ impl<T> Chan<T> {
         st.pushed += 1;
         st.queue.push_back(v);
         self.notify_receiver(st, wake);
-        st.recv_watchers.notify_all(wake);
+        if let Some(w) = st.waits_made() {
+            w.recv_watchers.notify_all(wake);
+        }
         seq
     }
 
@@ -283,9 +318,9 @@ impl<T> Chan<T> {
             let p = Pending::new(
                 &self.state,
                 &mut st,
-                |s| &mut s.send_q,
+                |s| &mut s.waits().send_q,
                 pos,
-                pass_on(|s| &mut s.send_q),
+                pass_on(|s| &mut s.waits().send_q),
             );
             drop(st);
             let (g, notified) = p.wait(deadline);
@@ -323,7 +358,7 @@ impl<T> Chan<T> {
                     .pop_back()
                     .expect("a rendezvous message not taken is still in its slot");
                 let mut wake = Wakeups::new();
-                st.send_q.notify_one(&mut wake);
+                st.waits().send_q.notify_one(&mut wake);
                 drop(st);
                 drop(wake);
                 return Err(if timed_out {
@@ -335,7 +370,7 @@ impl<T> Chan<T> {
             let p = Pending::new(
                 &self.state,
                 &mut st,
-                |s| &mut s.ack_q,
+                |s| &mut s.waits().ack_q,
                 Pos::Back,
                 move |s: &mut State<T>, _| {
                     // Unwinding before the message was taken: take it back
@@ -346,7 +381,7 @@ impl<T> Chan<T> {
                         back = s.queue.pop_back();
                         s.pushed -= 1;
                         s.owned_slot = false;
-                        s.send_q.notify_one(&mut wake);
+                        s.waits().send_q.notify_one(&mut wake);
                     }
                     (wake, back)
                 },
@@ -383,17 +418,20 @@ impl<T> Chan<T> {
     fn taken(&self, st: &mut State<T>, n: usize, wake: &mut Wakeups) {
         st.taken += n as u64;
         if self.cap.is_some() {
+            let owned_slot = mem::replace(&mut st.owned_slot, false);
+            let Some(w) = st.waits_made() else {
+                return;
+            };
             if n > 0 {
-                st.send_watchers.notify_all(wake);
+                w.send_watchers.notify_all(wake);
             }
             for _ in 0..n {
-                if !st.send_q.notify_one(wake) {
+                if !w.send_q.notify_one(wake) {
                     break;
                 }
             }
-            if st.owned_slot {
-                st.owned_slot = false;
-                st.ack_q.notify_all(wake);
+            if owned_slot {
+                w.ack_q.notify_all(wake);
             }
         }
     }
@@ -513,7 +551,9 @@ impl<T> Chan<T> {
     fn receiver_blocks(&self, st: &mut State<T>) -> Wakeups {
         let mut wake = Wakeups::new();
         if self.cap == Some(0) {
-            st.send_watchers.notify_all(&mut wake);
+            if let Some(w) = st.waits_made() {
+                w.send_watchers.notify_all(&mut wake);
+            }
         }
         wake
     }
@@ -538,10 +578,11 @@ impl<T> Chan<T> {
     /// sends.
     pub(crate) fn watch(&self, recv: bool, w: &crate::select::imp::Watcher) {
         let mut st = lock(&self.state);
+        let waits = st.waits();
         let list = if recv {
-            &mut st.recv_watchers
+            &mut waits.recv_watchers
         } else {
-            &mut st.send_watchers
+            &mut waits.send_watchers
         };
         list.add(w.id, &w.unparker);
     }
@@ -549,10 +590,13 @@ impl<T> Chan<T> {
     /// See [`watch`](Self::watch).
     pub(crate) fn unwatch(&self, recv: bool, w: &crate::select::imp::Watcher) {
         let mut st = lock(&self.state);
+        let Some(waits) = st.waits_made() else {
+            return;
+        };
         let list = if recv {
-            &mut st.recv_watchers
+            &mut waits.recv_watchers
         } else {
-            &mut st.send_watchers
+            &mut waits.send_watchers
         };
         list.remove(w.id);
     }

@@ -1,5 +1,5 @@
-//! What a spawn allocates, counted by a global allocator that counts the
-//! allocations of the thread that asks it to.
+//! What a spawn and a channel allocate, counted by a global allocator that
+//! counts the allocations (and their bytes) of the thread that asks it to.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -7,15 +7,16 @@ use std::cell::Cell;
 struct Counting;
 
 thread_local! {
-    /// `Some(n)`: this thread is counting, and made `n` allocations so far.
-    static COUNT: Cell<Option<u64>> = const { Cell::new(None) };
+    /// `Some((n, bytes))`: this thread is counting, and made `n` allocations
+    /// of `bytes` in all so far.
+    static COUNT: Cell<Option<(u64, u64)>> = const { Cell::new(None) };
 }
 
-fn note() {
+fn note(bytes: usize) {
     // `try_with`: the allocator also runs while thread-locals are torn down.
     let _ = COUNT.try_with(|c| {
-        if let Some(n) = c.get() {
-            c.set(Some(n + 1));
+        if let Some((n, b)) = c.get() {
+            c.set(Some((n + 1, b + bytes as u64)));
         }
     });
 }
@@ -24,17 +25,17 @@ fn note() {
 // touches a `const` thread-local, which never allocates.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note();
+        note(layout.size());
         // SAFETY: the caller's contract, passed on.
         unsafe { System.alloc(layout) }
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note();
+        note(layout.size());
         // SAFETY: as above.
         unsafe { System.alloc_zeroed(layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note();
+        note(new_size);
         // SAFETY: as above.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -47,9 +48,9 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOC: Counting = Counting;
 
-/// Counts the allocations `f` makes on this thread.
-fn allocations<R>(f: impl FnOnce() -> R) -> (R, u64) {
-    COUNT.with(|c| c.set(Some(0)));
+/// Counts the allocations `f` makes on this thread, and their bytes.
+fn allocations<R>(f: impl FnOnce() -> R) -> (R, (u64, u64)) {
+    COUNT.with(|c| c.set(Some((0, 0))));
     let r = f();
     let n = COUNT.with(|c| c.replace(None)).expect("counting");
     (r, n)
@@ -71,7 +72,7 @@ fn a_spawn_allocates_once() {
         warm.into_iter().for_each(|h| drop(h.join()));
         let mut handles = Vec::with_capacity(N as usize);
         // One worker and no yield: none of them runs inside the count.
-        let ((), n) = allocations(|| {
+        let ((), (n, _)) = allocations(|| {
             for i in 0..N {
                 handles.push(weave::spawn(move || i));
             }
@@ -83,4 +84,30 @@ fn a_spawn_allocates_once() {
         handles.into_iter().map(|h| h.join().unwrap()).sum::<u64>()
     });
     assert_eq!(sum, N * (N - 1) / 2);
+}
+
+/// An unbounded channel nobody selects on is one allocation of at most 176
+/// bytes: the waiters only bounded channels and selectors need are made on
+/// first use (the channel was 280 bytes with them inline). A selector's
+/// first watch makes them, and the channel still works.
+#[test]
+fn an_unbounded_channel_is_one_small_allocation() {
+    let ((tx, rx), (n, bytes)) = allocations(weave::sync::channel::<u64>);
+    assert_eq!(n, 1, "a channel made {n} allocations");
+    assert!(bytes <= 176, "a channel takes {bytes} bytes");
+    let rt = weave::Runtime::builder().workers(1).build().unwrap();
+    let got = rt.block_on(move || {
+        let sender = weave::spawn(move || {
+            weave::sleep(std::time::Duration::from_millis(5));
+            tx.send(7).unwrap();
+        });
+        let mut select = weave::Select::new();
+        let i = select.recv(&rx);
+        let ready = select.ready();
+        assert_eq!(ready, i);
+        let v = rx.recv().unwrap();
+        sender.join().unwrap();
+        v
+    });
+    assert_eq!(got, 7);
 }
