@@ -40,6 +40,14 @@ struct Args {
     /// default.
     #[arg(long, default_value_t = 64)]
     malloc_top_pad: usize,
+    /// glibc's `M_MXFAST` in bytes: allocations up to this size are freed
+    /// into a fastbin, without the arena's lock, also from another thread.
+    /// At 160 (glibc's maximum) this test's channels, which the fibers free
+    /// on the other worker than the one that made them, qualify; with
+    /// glibc's default (128) each such free waits for the lock the spawning
+    /// worker holds (docs/scale.md). 0 leaves glibc's default.
+    #[arg(long, default_value_t = 160)]
+    malloc_mxfast: usize,
 }
 
 /// Fields of `/proc/self/status`, in KiB.
@@ -102,6 +110,16 @@ pub(crate) fn main() {
             eprintln!("million: mallopt(M_TOP_PAD) was refused; glibc's default stays");
         }
     }
+    if args.malloc_mxfast > 0 {
+        let max = i32::try_from(args.malloc_mxfast).unwrap_or(i32::MAX);
+        // SAFETY: as for M_TOP_PAD above.
+        if unsafe { libc::mallopt(libc::M_MXFAST, max) } != 1 {
+            eprintln!(
+                "million: mallopt(M_MXFAST, {}) was refused (glibc allows 0..=160); glibc's default stays",
+                args.malloc_mxfast
+            );
+        }
+    }
     let rt = weave::Runtime::builder()
         .workers(args.workers)
         .stack_size(args.stack_size)
@@ -112,10 +130,11 @@ pub(crate) fn main() {
         .trim()
         .to_string();
     println!(
-        "fibers={n} workers={} stack_size={} malloc_top_pad={} MiB vm.max_map_count={max_map_count} kernel={}",
+        "fibers={n} workers={} stack_size={} malloc_top_pad={} MiB malloc_mxfast={} vm.max_map_count={max_map_count} kernel={}",
         args.workers,
         args.stack_size,
         args.malloc_top_pad,
+        args.malloc_mxfast,
         std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .unwrap_or_default()
             .trim()

@@ -392,3 +392,94 @@ fn thread_cpu() -> Duration {
     assert_eq!(r, 0);
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
+
+/// Counts its drops.
+struct Counted(Arc<AtomicUsize>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Handles and fibers race to be done with each result: joined, dropped
+/// before the fiber ends, dropped after it, or cancelled, with values and
+/// panic payloads that count their drops, across 4 workers. (Here, not in
+/// `rt_stress.rs`: its memory-growth test reads the whole process's
+/// resident size.) Every value
+/// and payload made is dropped exactly once, by whichever side is done
+/// last, and no fiber stays counted live: a result dropped twice, or kept
+/// by a fiber record some `Fiber` handle still holds, would show in the
+/// count.
+#[test]
+fn stress_every_result_is_dropped_once_whoever_is_done_last() {
+    const FIBERS: usize = 4_000;
+    const ROUNDS: usize = 5;
+    bounded("results dropped once", || {
+        let rt = rt(4);
+        for round in 0..ROUNDS {
+            let made = Arc::new(AtomicUsize::new(0));
+            let dropped = Arc::new(AtomicUsize::new(0));
+            let (made2, dropped2) = (made.clone(), dropped.clone());
+            let kept_fibers = rt.block_on(move || {
+                let mut handles = Vec::with_capacity(FIBERS);
+                let mut fibers = Vec::with_capacity(FIBERS);
+                for i in 0..FIBERS {
+                    let (made, dropped) = (made2.clone(), dropped2.clone());
+                    let h = weave::spawn(move || {
+                        // Some finish at once, some after a yield or a park.
+                        match i % 3 {
+                            0 => {}
+                            1 => weave::yield_now(),
+                            _ => weave::sleep(Duration::from_micros((i % 7) as u64 * 50)),
+                        }
+                        made.fetch_add(1, Ordering::SeqCst);
+                        // A few panic (each prints a report).
+                        if i % 100 == 0 {
+                            std::panic::panic_any(Counted(dropped));
+                        }
+                        Counted(dropped)
+                    });
+                    // A `Fiber` handle keeps the fiber's record alive past
+                    // both its end and its join handle.
+                    fibers.push(h.fiber());
+                    match (i + round) % 4 {
+                        0 => drop(h), // most likely before the fiber ends
+                        1 => {
+                            h.cancel();
+                            handles.push((i, Some(h)));
+                        }
+                        _ => handles.push((i, Some(h))),
+                    }
+                    if i % 64 == 63 {
+                        weave::yield_now();
+                    }
+                }
+                for (i, h) in handles.iter_mut() {
+                    let Some(h) = h.take() else { continue };
+                    if *i % 2 == 0 {
+                        // Joined: the value or payload is the caller's to drop.
+                        drop(h.join());
+                    } else {
+                        // Dropped, finished or not.
+                        drop(h);
+                    }
+                }
+                fibers
+            });
+            // Every fiber has ended once none counts as live.
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while rt.live_fibers() != 0 && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            assert_eq!(rt.live_fibers(), 0, "round {round}: fibers still live");
+            assert_eq!(
+                dropped.load(Ordering::SeqCst),
+                made.load(Ordering::SeqCst),
+                "round {round}: results made and dropped differ, with the records still held"
+            );
+            drop(kept_fibers);
+            assert_eq!(dropped.load(Ordering::SeqCst), made.load(Ordering::SeqCst));
+        }
+    });
+}

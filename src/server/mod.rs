@@ -324,18 +324,44 @@ fn bind_tcp(
         // holds with the same option, silently sharing its traffic. A plain
         // bind first fails with `AddrInUse` in that case (and picks the port
         // when it is 0); the window between the probe and the real binds is
-        // the only gap.
-        let port_addr = std::net::TcpListener::bind(addr)?.local_addr()?;
-        let first = TcpListener::bind_reuseport(port_addr)?;
-        out.push(Listener::Tcp(first, Some(0)));
-        for w in 1..workers {
-            out.push(Listener::Tcp(
-                TcpListener::bind_reuseport(port_addr)?,
-                Some(w),
-            ));
-        }
+        // the only gap. A port the kernel picked can be taken in that window
+        // (by another socket's `connect`, from the same range): then the
+        // whole set is bound again on a new pick.
+        let mut tries = 0;
+        let set = loop {
+            tries += 1;
+            match bind_reuseport_set(addr, workers) {
+                Err(e)
+                    if e.kind() == io::ErrorKind::AddrInUse
+                        && addr.port() == 0
+                        && tries < PICKED_PORT_TRIES =>
+                {
+                    continue
+                }
+                r => break r?,
+            }
+        };
+        out.extend(set);
     }
     Ok(())
+}
+
+/// How many times a set of reuseport listeners on a port the kernel picks
+/// is bound again after losing its port to another socket.
+const PICKED_PORT_TRIES: u32 = 8;
+
+/// One listener per worker on `addr`'s port (picked by a probe bind when 0),
+/// all with `SO_REUSEPORT`.
+fn bind_reuseport_set(addr: SocketAddr, workers: usize) -> io::Result<Vec<Listener>> {
+    let port_addr = std::net::TcpListener::bind(addr)?.local_addr()?;
+    let mut set = Vec::with_capacity(workers);
+    for w in 0..workers.max(1) {
+        set.push(Listener::Tcp(
+            TcpListener::bind_reuseport(port_addr)?,
+            Some(w),
+        ));
+    }
+    Ok(set)
 }
 
 #[derive(Debug)]

@@ -15,9 +15,9 @@
 //!   one; the last receiver's drop notifies all.
 //! - `ack_q`: rendezvous only: the sender whose message sits in the slot,
 //!   waiting for `taken` to pass its message's sequence number.
-//! - `send_q`, `ack_q` and the selectors' watcher lists live in `State::waits`,
-//!   made on the first wait or watch that needs them: notifiers skip them
-//!   while they do not exist (nobody to notify).
+//! - `recv_q`, `send_q`, `ack_q` and the selectors' watcher lists live in
+//!   `State::waits`, made on the first wait or watch that needs them:
+//!   notifiers skip them while they do not exist (nobody to notify).
 //! - `pushed`/`taken` count messages in and out; a rendezvous sender's message
 //!   is taken once `taken > seq`, where `seq` was `pushed` before its push.
 //! - `owned_slot`: rendezvous only: the message in the slot belongs to a
@@ -75,7 +75,6 @@ pub(crate) struct State<T> {
     pub(crate) queue: VecDeque<T>,
     senders: usize,
     receivers: usize,
-    recv_q: WaitQueue,
     /// Single-receiver channels: who waits in the receiver slot (kept after
     /// the wait, so that the next wait of the same fiber reuses it).
     rx: Option<Unparker>,
@@ -86,10 +85,13 @@ pub(crate) struct State<T> {
     waits: Option<Box<Waits>>,
 }
 
-/// Waiters that only bounded channels, rendezvous senders and selectors
-/// bring: kept out of line, so that an unbounded channel nobody selects on
-/// (most of them) takes 176 bytes instead of 280 (`tests/alloc.rs`).
+/// Waiters that only some channels see: queued receivers (an `mpsc`
+/// receiver waits in the slot instead), senders of bounded channels,
+/// rendezvous senders and selectors. Kept out of line, so that an `mpsc`
+/// channel nobody selects on (most of them) takes 144 bytes instead of 280
+/// (`tests/alloc.rs`).
 struct Waits {
+    recv_q: WaitQueue,
     send_q: WaitQueue,
     ack_q: WaitQueue,
     /// Selectors waiting for a message (or disconnection).
@@ -104,6 +106,7 @@ impl<T> State<T> {
     fn waits(&mut self) -> &mut Waits {
         self.waits.get_or_insert_with(|| {
             Box::new(Waits {
+                recv_q: WaitQueue::new(),
                 send_q: WaitQueue::new(),
                 ack_q: WaitQueue::new(),
                 recv_watchers: Watchers::new(),
@@ -182,7 +185,6 @@ impl<T> Chan<T> {
                 queue: VecDeque::new(),
                 senders: 1,
                 receivers: 1,
-                recv_q: WaitQueue::new(),
                 rx: None,
                 pushed: 0,
                 taken: 0,
@@ -223,8 +225,8 @@ impl<T> Chan<T> {
         let mut wake = Wakeups::new();
         if st.senders == 0 {
             self.notify_receiver(&mut st, &mut wake);
-            st.recv_q.notify_all(&mut wake);
             if let Some(w) = st.waits_made() {
+                w.recv_q.notify_all(&mut wake);
                 w.recv_watchers.notify_all(&mut wake);
             }
         }
@@ -265,13 +267,16 @@ impl<T> Chan<T> {
             let who = st.rx.clone().expect("a waiting receiver left its unparker");
             wake.push(who);
         } else {
-            st.recv_q.notify_one(wake);
+            if let Some(w) = st.waits_made() {
+                w.recv_q.notify_one(wake);
+            }
         }
     }
 
     /// True when a receiver is blocked waiting.
     fn receiver_waits(&self, st: &State<T>) -> bool {
-        self.rx_waiting.load(Ordering::Relaxed) || !st.recv_q.is_empty()
+        self.rx_waiting.load(Ordering::Relaxed)
+            || st.waits.as_ref().is_some_and(|w| !w.recv_q.is_empty())
     }
 
     /// Pushes `v` and notifies a receiver. Caller checked receivers and room.
@@ -469,9 +474,9 @@ impl<T> Chan<T> {
             let p = Pending::new(
                 &self.state,
                 &mut st,
-                |s| &mut s.recv_q,
+                |s| &mut s.waits().recv_q,
                 pos,
-                pass_on(|s| &mut s.recv_q),
+                pass_on(|s| &mut s.waits().recv_q),
             );
             let wake = self.receiver_blocks(&mut st);
             drop(st);
