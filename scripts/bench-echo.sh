@@ -139,21 +139,8 @@ start_server() {
 # shellcheck source=scripts/lib/bench-json.sh
 . scripts/lib/bench-json.sh
 
-# field KEY LINE: value of KEY=value in a RESULT line.
-field() {
-    tr ' ' '\n' <<<"$2" | sed -n "s/^$1=//p"
-}
-
-# median of the arguments (mean of the middle two for an even count);
-# "na" values are ignored.
-median() {
-    printf '%s\n' "$@" | { grep -v '^na$' || true; } | sort -g | awk '
-        { v[NR] = $1 }
-        END {
-            if (NR == 0) { print "na"; exit }
-            if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2
-        }'
-}
+# shellcheck source=scripts/lib/stats.sh
+. scripts/lib/stats.sh
 
 vmrss_kib() {
     awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"
@@ -189,11 +176,6 @@ for sc in $SCENARIOS; do
         done
     done
 done
-
-ratio() { # ratio A B, two decimals, or "na"
-    awk -v a="$1" -v b="$2" 'BEGIN {
-        if (a == "na" || b == "na" || b + 0 == 0) print "na"; else printf "%.2f", a / b }'
-}
 
 json_begin
 json_meta benchmark '"echo"'

@@ -125,19 +125,8 @@ to_us() {
         else print "na" }'
 }
 
-median() {
-    printf '%s\n' "$@" | { grep -v '^na$' || true; } | sort -g | awk '
-        { v[NR] = $1 }
-        END {
-            if (NR == 0) { print "na"; exit }
-            if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2
-        }'
-}
-
-ratio() {
-    awk -v a="$1" -v b="$2" 'BEGIN {
-        if (a == "na" || b == "na" || b + 0 == 0) print "na"; else printf "%.2f", a / b }'
-}
+# shellcheck source=scripts/lib/stats.sh
+. scripts/lib/stats.sh
 
 HZ=$(getconf CLK_TCK)
 declare -A RES

@@ -144,22 +144,30 @@ start_server() {
     exit 1
 }
 
-field() { # KEY LINE: the value of KEY=value in a RESULT line
-    tr ' ' '\n' <<<"$2" | sed -n "s/^$1=//p"
-}
-
-median() {
-    printf '%s\n' "$@" | { grep -v '^na$' || true; } | sort -g | awk '
-        { v[NR] = $1 }
-        END {
-            if (NR == 0) { print "na"; exit }
-            if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2
-        }'
-}
-
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a=="na" || b=="na" || b==0) print "na"; else printf "%.2f", a/b }'; }
+# shellcheck source=scripts/lib/stats.sh
+. scripts/lib/stats.sh
 
 declare -A RES
+
+# run_one KIND SERVER W ROUND RATE_KEY CPU_KEY LOAD...: one run of SERVER
+# with W workers under the load generator LOAD (given the address, the
+# duration and the server's PID here), pinned to the other cores; keeps
+# its throughput, p99 and server CPU per request.
+run_one() {
+    local kind=$1 s=$2 w=$3 round=$4 rate=$5 cpu=$6 port line
+    shift 6
+    port=$(free_port)
+    start_server "$s" "$port" "$w"
+    line=$(timeout $((SECS + 120)) "${client[@]}" "$@" --addr "127.0.0.1:$port" \
+        --secs "$SECS" --server-pid "$SERVER_PID" 2>"$WORK/load.err" | grep '^RESULT' || true)
+    stop_server
+    [ -n "$line" ] || line="RESULT $rate=na p99_us=na $cpu=na"
+    echo "  $kind w=$w round $round $s $line" >&2
+    RES[$kind,$w,$s,rps]+=" $(field "$rate" "$line")"
+    RES[$kind,$w,$s,p99]+=" $(field p99_us "$line")"
+    RES[$kind,$w,$s,cpu]+=" $(field "$cpu" "$line")"
+}
+
 RAN=()
 SKIPPED=()
 for w in $WORKERS_LIST; do
@@ -176,30 +184,12 @@ for w in $WORKERS_LIST; do
     client=($(pin_prefix "$first" "$last"))
     for round in $(seq 1 "$ROUNDS"); do
         for s in $ECHO_SERVERS; do
-            port=$(free_port)
-            start_server "$s" "$port" "$w"
-            line=$(timeout $((SECS + 90)) "${client[@]}" "$BIN/echo_load" --addr "127.0.0.1:$port" \
-                --conns "$ECHO_CONNS" --size 64 --depth 1 --secs "$SECS" --workers "$client_workers" \
-                --server-pid "$SERVER_PID" 2>"$WORK/load.err" | grep '^RESULT' || true)
-            stop_server
-            [ -n "$line" ] || line="RESULT msgs_per_s=na p99_us=na server_cpu_us_per_msg=na"
-            echo "  echo w=$w round $round $s $line" >&2
-            RES[echo,$w,$s,rps]+=" $(field msgs_per_s "$line")"
-            RES[echo,$w,$s,p99]+=" $(field p99_us "$line")"
-            RES[echo,$w,$s,cpu]+=" $(field server_cpu_us_per_msg "$line")"
+            run_one echo "$s" "$w" "$round" msgs_per_s server_cpu_us_per_msg \
+                "$BIN/echo_load" --conns "$ECHO_CONNS" --size 64 --depth 1 --workers "$client_workers"
         done
         for s in $KV_SERVERS; do
-            port=$(free_port)
-            start_server "$s" "$port" "$w"
-            line=$(timeout $((SECS + 120)) "${client[@]}" "$BIN/kv_load" --addr "127.0.0.1:$port" \
-                --conns "$KV_CONNS" --depth 1 --secs "$SECS" --server-pid "$SERVER_PID" \
-                2>"$WORK/load.err" | grep '^RESULT' || true)
-            stop_server
-            [ -n "$line" ] || line="RESULT ops_per_sec=na p99_us=na server_cpu_us_per_op=na"
-            echo "  kv w=$w round $round $s $line" >&2
-            RES[kv,$w,$s,rps]+=" $(field ops_per_sec "$line")"
-            RES[kv,$w,$s,p99]+=" $(field p99_us "$line")"
-            RES[kv,$w,$s,cpu]+=" $(field server_cpu_us_per_op "$line")"
+            run_one kv "$s" "$w" "$round" ops_per_sec server_cpu_us_per_op \
+                "$BIN/kv_load" --conns "$KV_CONNS" --depth 1
         done
     done
 done

@@ -2,8 +2,8 @@
 # Packs what scripts/bench-scaling.sh needs into .scaling/ (git-ignored), for
 # a machine with more cores that has no compiler, no registry and no
 # memcached package: stripped release builds of the servers and load
-# generators, this machine's memcached with the libraries it links, the
-# script itself, and .scaling/run.sh, which runs it from there.
+# generators, this machine's memcached with the libraries it links, and
+# .scaling/run.sh, which runs the repository's bench-scaling.sh on them.
 #
 # On the other machine, from a copy of the repository that holds .scaling/:
 #   bash .scaling/run.sh [OUTDIR]
@@ -45,21 +45,22 @@ ldd "$KIT/bin/memcached" | awk '/=> \// { print $3 }' | while read -r lib; do
         *) cp -L "$lib" "$KIT/lib/" ;;
     esac
 done
-cp scripts/bench-scaling.sh "$KIT/"
 
 cat >"$KIT/run.sh" <<'RUN'
 #!/usr/bin/env bash
-# Runs bench-scaling.sh from the binaries packed beside it (see
-# scripts/scaling-kit.sh). Argument: where the report goes [.].
+# Runs the repository's scripts/bench-scaling.sh on the binaries packed
+# beside this file (see scripts/scaling-kit.sh). Argument: where the report
+# goes [.].
 set -euo pipefail
 kit=$(cd "$(dirname "$0")" && pwd)
-out=${1:-.}
-mkdir -p "$out"
+repo=$(dirname "$kit")
+mkdir -p "${1:-.}"
+out=$(cd "${1:-.}" && pwd) # bench-scaling.sh runs from the repository root
 export LD_LIBRARY_PATH="$kit/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 "$kit/bin/memcached" -h >/dev/null 2>&1 || echo "scaling kit: memcached does not run here; KV_SERVERS=kv" >&2
 BIN="$kit/bin" MEMCACHED="$kit/bin/memcached" NO_BUILD=1 OUT="$out/bench-scaling.md" \
-    bash "$kit/bench-scaling.sh"
+    bash "$repo/scripts/bench-scaling.sh"
 RUN
-chmod +x "$KIT/run.sh" "$KIT/bench-scaling.sh"
+chmod +x "$KIT/run.sh"
 du -sh "$KIT" >&2
 echo "== packed into $KIT; run it with: bash $KIT/run.sh OUTDIR" >&2
