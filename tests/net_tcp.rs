@@ -256,3 +256,53 @@ fn unix_stream_pair_and_listener() {
         t.join().unwrap();
     });
 }
+
+/// `read_append` appends after what the buffer holds, reads at most its
+/// spare capacity, grows a full buffer by 4 KiB, returns 0 at end of file,
+/// and times out like `read`; on TCP and Unix streams alike.
+#[test]
+fn read_append_fills_spare_capacity_only() {
+    let rt = rt(1);
+    rt.block_on(|| {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        client.write_all(b"0123456789").unwrap();
+        let mut buf = Vec::with_capacity(8);
+        buf.extend_from_slice(b"ab");
+        // Six bytes of spare capacity: six of the ten arrive.
+        let n = server.read_append(&mut buf).unwrap();
+        assert!((1..=6).contains(&n), "read {n} into 6 spare bytes");
+        while buf.len() < 8 {
+            server.read_append(&mut buf).unwrap();
+        }
+        assert_eq!(buf, b"ab012345");
+        assert_eq!(buf.capacity(), 8, "a buffer with room is not grown");
+        // Full: it grows by 4 KiB, then takes the rest.
+        let mut got = 0;
+        while got < 4 {
+            got += server.read_append(&mut buf).unwrap();
+        }
+        assert_eq!(buf, b"ab0123456789");
+        assert!(buf.capacity() >= 8 + 4096);
+        // Nothing comes: the read timeout applies.
+        server
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        let e = server.read_append(&mut buf).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::TimedOut);
+        // End of file: 0, the buffer unchanged.
+        drop(client);
+        assert_eq!(server.read_append(&mut buf).unwrap(), 0);
+        assert_eq!(buf, b"ab0123456789");
+
+        let (a, mut b) = weave::net::UnixStream::pair().unwrap();
+        b.write_all(b"unix").unwrap();
+        let mut ubuf = Vec::new();
+        let mut got = 0;
+        while got < 4 {
+            got += a.read_append(&mut ubuf).unwrap();
+        }
+        assert_eq!(ubuf, b"unix");
+    });
+}

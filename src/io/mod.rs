@@ -268,6 +268,9 @@ impl Registration {
     }
 }
 
+/// How much `read_append` grows a buffer that has no spare capacity.
+pub(crate) const READ_APPEND_GROW: usize = 4096;
+
 /// How often a fiber waiting on a socket registered with another runtime
 /// checks that runtime's poller is still there.
 const FOREIGN_RECHECK: std::time::Duration = std::time::Duration::from_millis(50);
@@ -371,6 +374,40 @@ impl<S: mio::event::Source + AsRawFd> IoSource<S> {
                 r.io.clear(Direction::Read, snapshot);
             }
         }
+        Ok(n)
+    }
+
+    /// [`do_read`](Self::do_read) of what is readable now into the spare
+    /// capacity of `buf`, appended to its contents: `recv(2)` writes
+    /// straight into the spare capacity, so it needs no zeroing first.
+    /// With no spare capacity, `buf` first grows by [`READ_APPEND_GROW`].
+    pub(crate) fn read_append(
+        &self,
+        deadline: Option<Instant>,
+        buf: &mut Vec<u8>,
+    ) -> io::Result<usize>
+    where
+        S: AsRawFd,
+    {
+        if buf.len() == buf.capacity() {
+            buf.reserve(READ_APPEND_GROW);
+        }
+        let spare = buf.spare_capacity_mut();
+        let (ptr, want) = (spare.as_mut_ptr().cast::<libc::c_void>(), spare.len());
+        let n = self.do_read(deadline, want, |s| {
+            // SAFETY: `ptr` is `want` bytes of `buf`'s spare capacity, which
+            // this call holds `buf` mutably for; recv(2) writes at most
+            // `want` bytes there and reads none of them.
+            let r = unsafe { libc::recv(s.as_raw_fd(), ptr, want, 0) };
+            if r < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(r as usize)
+            }
+        })?;
+        // SAFETY: the kernel initialized the first `n <= want` bytes of the
+        // spare capacity.
+        unsafe { buf.set_len(buf.len() + n) };
         Ok(n)
     }
 

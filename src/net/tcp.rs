@@ -417,6 +417,43 @@ impl TcpStream {
         Ok(self.write_timeout.get())
     }
 
+    /// Reads what the socket has now (parking until something arrives,
+    /// as [`read`](std::io::Read::read) does) into the spare capacity of
+    /// `buf`, after its contents, and returns how many bytes it appended;
+    /// 0 means end of file. The spare capacity needs no zeroing first, which
+    /// a `read` into `buf.resize(buf.capacity(), 0)` pays for on every
+    /// call. A `buf` without spare capacity first grows by 4 KiB.
+    ///
+    /// # Errors
+    ///
+    /// As for `read`: `recv(2)` errors, or `TimedOut` after the read
+    /// timeout.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::io::Write;
+    /// let rt = weave::Runtime::builder().workers(1).build()?;
+    /// rt.block_on(|| {
+    ///     let listener = weave::net::TcpListener::bind("127.0.0.1:0")?;
+    ///     let mut client = weave::net::TcpStream::connect(listener.local_addr()?)?;
+    ///     let (server, _) = listener.accept()?;
+    ///     client.write_all(b"hello")?;
+    ///     let mut buf = Vec::with_capacity(64);
+    ///     buf.extend_from_slice(b"> ");
+    ///     let mut n = 0;
+    ///     while n < 5 {
+    ///         n += server.read_append(&mut buf)?;
+    ///     }
+    ///     assert_eq!(buf, b"> hello");
+    ///     Ok::<(), std::io::Error>(())
+    /// })?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn read_append(&self, buf: &mut Vec<u8>) -> io::Result<usize> {
+        self.io.read_append(self.read_timeout.deadline(), buf)
+    }
+
     /// Reads without removing the data from the socket's queue.
     ///
     /// # Errors

@@ -204,6 +204,18 @@ impl UnixStream {
         self.io.get_ref().peer_addr()
     }
 
+    /// Reads what the socket has now into the spare capacity of `buf`,
+    /// after its contents, without zeroing it first; see
+    /// [`TcpStream::read_append`](crate::net::TcpStream::read_append).
+    ///
+    /// # Errors
+    ///
+    /// As for `read`: `recv(2)` errors, or `TimedOut` after the read
+    /// timeout.
+    pub fn read_append(&self, buf: &mut Vec<u8>) -> io::Result<usize> {
+        self.io.read_append(self.read_timeout.deadline(), buf)
+    }
+
     fn read_inner(&self, buf: &mut [u8]) -> io::Result<usize> {
         let want = buf.len();
         self.io
