@@ -721,18 +721,17 @@ impl Server {
     /// An echo server whose idle connections cost well under a kilobyte:
     ///
     /// ```no_run
-    /// use std::io::{self, Read, Write};
+    /// use std::io::{self, Write};
     /// use weave::server::{Next, Request, Server};
     ///
     /// fn echo(req: &mut Request<'_, ()>) -> io::Result<Next> {
-    ///     let conn = req.conn();
-    ///     let buf = req.buffer();
-    ///     buf.resize(16 * 1024, 0);
-    ///     let n = (&*conn).read(buf)?;
+    ///     let (conn, (), buf) = req.parts();
+    ///     // Into the runner's buffer (empty, 16 KiB), without zeroing it.
+    ///     let n = conn.read_append(buf)?;
     ///     if n == 0 {
     ///         return Ok(Next::Close);
     ///     }
-    ///     (&*conn).write_all(&buf[..n])?;
+    ///     (&*conn).write_all(buf)?;
     ///     Ok(Next::Idle)
     /// }
     ///
