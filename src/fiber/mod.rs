@@ -551,7 +551,9 @@ impl Drop for LiveCount {
 /// of address space (256 KiB by default), of which only the pages it
 /// touches are resident (one page for a fiber that parks at a shallow call
 /// depth). Stacks come from large shared mappings, so the number of live
-/// fibers is bounded by memory, not by the kernel's mapping count.
+/// fibers is bounded by memory, not by the kernel's mapping count. On the
+/// heap a spawn makes one allocation, which holds the fiber's record, the
+/// closure until it starts and the slot for its result.
 ///
 /// # Panics
 ///
