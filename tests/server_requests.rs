@@ -85,19 +85,26 @@ fn start(idle: Option<Duration>) -> (SocketAddr, Arc<AtomicUsize>, impl FnOnce()
 /// Serves `server` in request mode with [`handler`] on a thread; returns
 /// the count of running requests and what stops the server.
 fn serve(server: Server) -> (Arc<AtomicUsize>, impl FnOnce() -> Summary) {
-    let handle = server.handle();
     let live = Arc::new(AtomicUsize::new(0));
     let l2 = live.clone();
-    let t = thread::spawn(move || {
-        server
-            .serve_requests(|_| Count::default(), move |r| handler(r, &l2))
-            .unwrap()
-    });
-    let stop = move || {
+    let stop = serve_with(server, |_| Count::default(), move |r| handler(r, &l2));
+    (live, stop)
+}
+
+/// Serves `server` in request mode with `new_state` and `handler` on a
+/// thread; returns what stops it and gives back its summary.
+fn serve_with<S, N, H>(server: Server, new_state: N, handler: H) -> impl FnOnce() -> Summary
+where
+    S: Send + 'static,
+    N: Fn(&weave::server::Conn) -> S + Send + Sync + 'static,
+    H: Fn(&mut Request<'_, S>) -> io::Result<Next> + Send + Sync + 'static,
+{
+    let handle = server.handle();
+    let t = thread::spawn(move || server.serve_requests(new_state, handler).unwrap());
+    move || {
         handle.stop();
         t.join().expect("server thread")
-    };
-    (live, stop)
+    }
 }
 
 /// Once every answer has arrived every handler has returned (or is about
@@ -357,21 +364,17 @@ fn unix_socket_connections_idle_and_wake_like_tcp_ones() {
 fn a_handler_that_ignores_end_of_file_gets_its_connection_closed() {
     let server = loopback(1).build().unwrap();
     let addr = server.local_addrs()[0];
-    let handle = server.handle();
-    let t = thread::spawn(move || {
-        server
-            .serve_requests(
-                |_| (),
-                |req: &mut Request<'_, ()>| {
-                    let (conn, (), buf) = req.parts();
-                    buf.resize(4096, 0);
-                    let n = (&*conn).read(buf)?;
-                    (&*conn).write_all(&buf[..n])?;
-                    Ok(Next::Idle) // even when n == 0: the bug
-                },
-            )
-            .unwrap()
-    });
+    let stop = serve_with(
+        server,
+        |_| (),
+        |req: &mut Request<'_, ()>| {
+            let (conn, (), buf) = req.parts();
+            buf.resize(4096, 0);
+            let n = (&*conn).read(buf)?;
+            (&*conn).write_all(&buf[..n])?;
+            Ok(Next::Idle) // even when n == 0: the bug
+        },
+    );
     let mut bad = TcpStream::connect(addr).unwrap();
     bad.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     bad.write_all(b"x").unwrap();
@@ -389,8 +392,7 @@ fn a_handler_that_ignores_end_of_file_gets_its_connection_closed() {
     good.read_exact(&mut b).unwrap();
     assert_eq!(&b, b"y");
     drop(good);
-    handle.stop();
-    let s = t.join().expect("server thread");
+    let s = stop();
     assert_eq!(s.counters.accepted, 2);
 }
 
@@ -449,32 +451,27 @@ fn fiber_locals_of_one_request_never_reach_the_next() {
     // them all.
     let server = loopback(1).build().unwrap();
     let addr = server.local_addrs()[0];
-    let handle = server.handle();
-    let t = thread::spawn(move || {
-        server
-            .serve_requests(
-                |_| (),
-                |req| {
-                    let mut b = [0u8; 64];
-                    if req.conn().read(&mut b)? == 0 {
-                        return Ok(Next::Close);
-                    }
-                    let seen = SEEN.with(|s| s.replace(true));
-                    req.conn()
-                        .write_all(if seen { b"seen\n" } else { b"fresh\n" })?;
-                    Ok(Next::Idle)
-                },
-            )
-            .unwrap()
-    });
+    let stop = serve_with(
+        server,
+        |_| (),
+        |req: &mut Request<'_, ()>| {
+            let mut b = [0u8; 64];
+            if req.conn().read(&mut b)? == 0 {
+                return Ok(Next::Close);
+            }
+            let seen = SEEN.with(|s| s.replace(true));
+            req.conn()
+                .write_all(if seen { b"seen\n" } else { b"fresh\n" })?;
+            Ok(Next::Idle)
+        },
+    );
     let mut conns: Vec<_> = (0..4).map(|_| connect(addr)).collect();
     for round in 0..5 {
         for c in &mut conns {
             assert_eq!(ask(c, "x"), "fresh\n", "round {round}");
         }
     }
-    handle.stop();
-    t.join().unwrap();
+    stop();
 }
 
 /// A request-mode echo that reads with `Conn::read_append` into the
@@ -486,25 +483,21 @@ fn fiber_locals_of_one_request_never_reach_the_next() {
 fn read_append_echoes_through_the_runner_buffer() {
     let server = loopback(2).build().unwrap();
     let addr = server.local_addrs()[0];
-    let handle = server.handle();
-    let t = thread::spawn(move || {
-        server
-            .serve_requests(
-                |_| (),
-                |r: &mut Request<'_, ()>| {
-                    let (conn, (), buf) = r.parts();
-                    assert!(buf.is_empty(), "a runner's buffer starts each call empty");
-                    let n = conn.read_append(buf)?;
-                    if n == 0 {
-                        return Ok(Next::Close);
-                    }
-                    assert_eq!(buf.len(), n);
-                    (&*conn).write_all(buf)?;
-                    Ok(Next::Idle)
-                },
-            )
-            .unwrap()
-    });
+    let stop = serve_with(
+        server,
+        |_| (),
+        |r: &mut Request<'_, ()>| {
+            let (conn, (), buf) = r.parts();
+            assert!(buf.is_empty(), "a runner's buffer starts each call empty");
+            let n = conn.read_append(buf)?;
+            if n == 0 {
+                return Ok(Next::Close);
+            }
+            assert_eq!(buf.len(), n);
+            (&*conn).write_all(buf)?;
+            Ok(Next::Idle)
+        },
+    );
     let mut sent = 0u64;
     let clients: Vec<_> = (0..8)
         .map(|c| {
@@ -528,8 +521,7 @@ fn read_append_echoes_through_the_runner_buffer() {
     for c in clients {
         sent += c.join().expect("client");
     }
-    handle.stop();
-    let summary = t.join().expect("server thread");
+    let summary = stop();
     assert_eq!(summary.counters.bytes_in, sent);
     assert_eq!(summary.counters.bytes_out, sent);
 }
