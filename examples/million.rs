@@ -99,27 +99,29 @@ fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
+/// Sets glibc's malloc parameter `param` to `value` unless `value` is 0
+/// (glibc's default stays), saying so on stderr if glibc refuses.
+fn set_malloc(name: &str, param: libc::c_int, value: usize) {
+    if value == 0 {
+        return;
+    }
+    let v = i32::try_from(value).unwrap_or(i32::MAX);
+    // SAFETY: mallopt only sets an allocator parameter.
+    if unsafe { libc::mallopt(param, v) } != 1 {
+        eprintln!("million: mallopt({name}, {value}) was refused; glibc's default stays");
+    }
+}
+
 pub(crate) fn main() {
     let args = Args::parse();
     let n = args.fibers;
-    if args.malloc_top_pad > 0 {
-        let pad = i32::try_from(args.malloc_top_pad << 20).unwrap_or(i32::MAX);
-        // SAFETY: mallopt only sets an allocator parameter; called before
-        // any thread of ours exists.
-        if unsafe { libc::mallopt(libc::M_TOP_PAD, pad) } != 1 {
-            eprintln!("million: mallopt(M_TOP_PAD) was refused; glibc's default stays");
-        }
-    }
-    if args.malloc_mxfast > 0 {
-        let max = i32::try_from(args.malloc_mxfast).unwrap_or(i32::MAX);
-        // SAFETY: as for M_TOP_PAD above.
-        if unsafe { libc::mallopt(libc::M_MXFAST, max) } != 1 {
-            eprintln!(
-                "million: mallopt(M_MXFAST, {}) was refused (glibc allows 0..=160); glibc's default stays",
-                args.malloc_mxfast
-            );
-        }
-    }
+    // Before any thread of ours exists.
+    set_malloc("M_TOP_PAD", libc::M_TOP_PAD, args.malloc_top_pad << 20);
+    set_malloc(
+        "M_MXFAST (glibc allows 0..=160)",
+        libc::M_MXFAST,
+        args.malloc_mxfast,
+    );
     let rt = weave::Runtime::builder()
         .workers(args.workers)
         .stack_size(args.stack_size)
