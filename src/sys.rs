@@ -46,7 +46,8 @@ pub(crate) fn ignore_sigpipe() {
 }
 
 /// A monotonic clock read cheaply (`CLOCK_MONOTONIC_COARSE`, a few ns, a few
-/// ms resolution). Used only to spot fibers that run too long.
+/// ms resolution). Used to spot fibers that run too long, and for the age
+/// of request mode's idle connections.
 pub(crate) fn coarse_now() -> Duration {
     let mut ts = libc::timespec {
         tv_sec: 0,

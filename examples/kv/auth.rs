@@ -45,7 +45,6 @@
 
 use std::io::{self, Read, Write};
 use std::path::Path;
-use std::sync::atomic::Ordering;
 
 use crate::conn::{Conn, Ctx};
 use crate::text::mc_tokens as tokens;
@@ -253,12 +252,12 @@ pub fn handshake<S: Read + Write>(
             c.put(b"CLIENT_ERROR bad authentication token format\r\n");
             continue;
         }
-        ctx.auth_cmds.fetch_add(1, Ordering::Relaxed);
+        ctx.auth_cmds.add(1);
         if users.check(t[0], t[1]) {
             c.put(b"STORED\r\n");
             return Ok(true);
         }
-        ctx.auth_errors.fetch_add(1, Ordering::Relaxed);
+        ctx.auth_errors.add(1);
         c.put(b"CLIENT_ERROR authentication failure\r\n");
     }
 }
@@ -347,7 +346,7 @@ mod tests {
               GET / HTTP/1.1\r\nSET a 0 0 12\r\nset a 0 0 -1\r\nset a 0 0 12x\r\n",
         );
         assert_eq!(out, "CLIENT_ERROR unauthenticated\r\n".repeat(12));
-        assert_eq!(ctx.auth_cmds.load(Ordering::Relaxed), 0);
+        assert_eq!(ctx.auth_cmds.get(), 0);
     }
 
     #[test]
@@ -371,8 +370,8 @@ mod tests {
         );
         // The "\n" left over after the bad block waited for a second byte,
         // then made an empty line of its own.
-        assert_eq!(ctx.auth_cmds.load(Ordering::Relaxed), 2);
-        assert_eq!(ctx.auth_errors.load(Ordering::Relaxed), 1);
+        assert_eq!(ctx.auth_cmds.get(), 2);
+        assert_eq!(ctx.auth_errors.get(), 1);
         assert!(ctx.store.get(b"k").is_none(), "the auth set stores nothing");
     }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::auth::Users;
 use crate::stats::{ConnStat, ConnTable};
-use crate::store::Store;
+use crate::store::{Counter, Store};
 use crate::{auth, binary, text};
 
 /// Version string reported by `version` and `stats`.
@@ -17,10 +17,10 @@ pub const VERSION: &str = concat!("1.6.0-weave-kv-", env!("CARGO_PKG_VERSION"));
 
 /// Initial input buffer size per connection.
 const INPUT_INITIAL: usize = 16 * 1024;
-/// What a request-mode turn zeroes of the runner's buffer for its first read
-/// (it grows to `INPUT_INITIAL` as input needs it): most turns carry one
-/// short request, and zeroing 16 KiB each turn cost 1.2% of the server's
-/// CPU at pipeline depth 1.
+/// The size a request-mode input buffer starts at, zeroed (it grows to
+/// `INPUT_INITIAL` as input needs it): most turns carry one short request.
+/// The buffer then passes from turn to turn among its worker's spares,
+/// so it is zeroed once, not once per turn.
 const FIRST_READ: usize = 4096;
 /// Output is written once this much is queued, even mid-request.
 const OUTPUT_FLUSH_AT: usize = 256 * 1024;
@@ -111,11 +111,11 @@ pub struct Ctx {
     /// Connections open now.
     pub curr_conns: AtomicU64,
     /// Connections ever opened.
-    pub total_conns: AtomicU64,
+    pub total_conns: Counter,
     /// Bytes read from clients.
-    pub bytes_read: AtomicU64,
+    pub bytes_read: Counter,
     /// Bytes written to clients.
-    pub bytes_written: AtomicU64,
+    pub bytes_written: Counter,
     /// Longest a request may take to arrive once its first bytes came in
     /// (zero: no limit). Closes clients that trickle a request slowly
     /// enough never to trip the idle timeout.
@@ -128,24 +128,24 @@ pub struct Ctx {
     /// `stats settings`).
     pub tls_files: Option<(String, String)>,
     /// Authentication attempts checked (memcached's `auth_cmds`).
-    pub auth_cmds: AtomicU64,
+    pub auth_cmds: Counter,
     /// Authentication attempts that failed (memcached's `auth_errors`).
-    pub auth_errors: AtomicU64,
+    pub auth_errors: Counter,
     /// Idle timeout in seconds, 0 for none (reported by `stats settings`).
     pub idle_timeout: u64,
     /// Open connections and the listening address (`stats conns`).
     pub conns: ConnTable,
     /// Meta commands served (memcached's `cmd_meta`).
-    pub cmd_meta: AtomicU64,
+    pub cmd_meta: Counter,
     /// Values refused as larger than the item limit (`store_too_large`).
-    pub store_too_large: AtomicU64,
+    pub store_too_large: Counter,
     /// Values refused as larger than the whole memory limit
     /// (`store_no_memory`).
-    pub store_no_memory: AtomicU64,
+    pub store_no_memory: Counter,
     /// Memory for request buffers (`--buffer-memory`).
     pub buffers: BufferBudget,
     /// Requests refused because the buffer budget ran out.
-    pub buffer_oom: AtomicU64,
+    pub buffer_oom: Counter,
 }
 
 impl Ctx {
@@ -160,22 +160,22 @@ impl Ctx {
             verbosity: AtomicU32::new(0),
             started: Instant::now(),
             curr_conns: AtomicU64::new(0),
-            total_conns: AtomicU64::new(0),
-            bytes_read: AtomicU64::new(0),
-            bytes_written: AtomicU64::new(0),
+            total_conns: Counter::default(),
+            bytes_read: Counter::default(),
+            bytes_written: Counter::default(),
             request_timeout: Duration::ZERO,
             auth: None,
             auth_file: None,
             tls_files: None,
-            auth_cmds: AtomicU64::new(0),
-            auth_errors: AtomicU64::new(0),
+            auth_cmds: Counter::default(),
+            auth_errors: Counter::default(),
             idle_timeout: 0,
             conns: ConnTable::default(),
-            cmd_meta: AtomicU64::new(0),
-            store_too_large: AtomicU64::new(0),
-            store_no_memory: AtomicU64::new(0),
+            cmd_meta: Counter::default(),
+            store_too_large: Counter::default(),
+            store_no_memory: Counter::default(),
             buffers: BufferBudget::new(BUFFER_BUDGET_DEFAULT),
-            buffer_oom: AtomicU64::new(0),
+            buffer_oom: Counter::default(),
         }
     }
 }
@@ -219,16 +219,21 @@ pub struct Conn<'a, S> {
 impl<'a, S: Read + Write> Conn<'a, S> {
     /// Wraps a stream.
     pub fn new(stream: S, ctx: &'a Ctx) -> Self {
-        Conn::with_buf(stream, ctx, vec![0; INPUT_INITIAL])
+        Conn::with_bufs(
+            stream,
+            ctx,
+            vec![0; INPUT_INITIAL],
+            Vec::with_capacity(4096),
+        )
     }
 
-    fn with_buf(stream: S, ctx: &'a Ctx, buf: Vec<u8>) -> Self {
+    fn with_bufs(stream: S, ctx: &'a Ctx, buf: Vec<u8>, out: Vec<u8>) -> Self {
         Conn {
             stream,
             buf,
             start: 0,
             end: 0,
-            out: Vec::with_capacity(4096),
+            out,
             ctx,
             unyielded: 0,
             partial_since: None,
@@ -244,21 +249,23 @@ impl<'a, S: Read + Write> Conn<'a, S> {
         }
     }
 
-    /// Wraps a stream for one turn of request mode, reading into `buf` (a
-    /// request runner's buffer, whose contents are ignored).
-    pub fn for_request(stream: S, ctx: &'a Ctx, mut buf: Vec<u8>) -> Self {
-        buf.clear();
-        buf.resize(FIRST_READ, 0);
-        let mut c = Conn::with_buf(stream, ctx, buf);
+    /// Wraps a stream for one turn of request mode, with an input buffer
+    /// (zeroed to its length, contents ignored) and an empty output buffer.
+    fn for_request(stream: S, ctx: &'a Ctx, (buf, out): (Vec<u8>, Vec<u8>)) -> Self {
+        debug_assert!(buf.len() >= FIRST_READ && out.is_empty());
+        let mut c = Conn::with_bufs(stream, ctx, buf, out);
         c.idle_ok = true;
         c
     }
 
-    /// Gives back the input buffer (for the server's pool), at its
-    /// initial size: growth taken from the buffer budget is given back.
-    pub fn into_buffer(mut self) -> Vec<u8> {
+    /// Gives back the input buffer, at most at its initial size (growth
+    /// taken from the buffer budget is given back), and the output buffer,
+    /// emptied.
+    fn into_buffers(mut self) -> (Vec<u8>, Vec<u8>) {
         self.shrink_input();
-        std::mem::take(&mut self.buf)
+        let mut out = std::mem::take(&mut self.out);
+        out.clear();
+        (std::mem::take(&mut self.buf), out)
     }
 
     /// Returns a grown input buffer to its initial size and its growth to
@@ -337,7 +344,7 @@ impl<'a, S: Read + Write> Conn<'a, S> {
                 ));
             }
             if !self.ctx.buffers.try_take(want - self.buf.len()) {
-                self.ctx.buffer_oom.fetch_add(1, Ordering::Relaxed);
+                self.ctx.buffer_oom.add(1);
                 return Err(io::Error::new(
                     io::ErrorKind::OutOfMemory,
                     "request buffer memory exhausted (--buffer-memory)",
@@ -390,7 +397,7 @@ impl<'a, S: Read + Write> Conn<'a, S> {
     /// processed would otherwise never make its fiber park, so every
     /// [`YIELD_EVERY`] bytes the fiber yields to its worker's other fibers.
     fn read_done(&mut self, n: usize) {
-        self.ctx.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
+        self.ctx.bytes_read.add(n as u64);
         self.unyielded += n;
         if self.unyielded >= YIELD_EVERY {
             self.unyielded = 0;
@@ -440,7 +447,7 @@ impl<'a, S: Read + Write> Conn<'a, S> {
             Ok(true) => Ok(Block::Data(v)),
             Ok(false) => Ok(Block::Eof),
             Err(e) if e.kind() == io::ErrorKind::OutOfMemory => {
-                self.ctx.buffer_oom.fetch_add(1, Ordering::Relaxed);
+                self.ctx.buffer_oom.add(1);
                 let left = (len - v.len()) as u64;
                 drop(v);
                 Ok(if self.discard(left)? {
@@ -562,9 +569,7 @@ impl<'a, S: Read + Write> Conn<'a, S> {
         if v.len() >= DIRECT_VALUE {
             self.flush()?;
             self.stream.write_all(v)?;
-            self.ctx
-                .bytes_written
-                .fetch_add(v.len() as u64, Ordering::Relaxed);
+            self.ctx.bytes_written.add(v.len() as u64);
         } else {
             self.out.extend_from_slice(v);
         }
@@ -593,9 +598,7 @@ impl<'a, S: Read + Write> Conn<'a, S> {
     pub fn flush(&mut self) -> io::Result<()> {
         if !self.out.is_empty() {
             self.stream.write_all(&self.out)?;
-            self.ctx
-                .bytes_written
-                .fetch_add(self.out.len() as u64, Ordering::Relaxed);
+            self.ctx.bytes_written.add(self.out.len() as u64);
             self.out.clear();
             if self.out.capacity() > 4 * OUTPUT_FLUSH_AT {
                 self.out = Vec::with_capacity(4096);
@@ -638,7 +641,8 @@ impl<S> Drop for Conn<'_, S> {
 /// (`aof_*`) follows memcached's list.
 pub fn stats_list(ctx: &Ctx) -> Vec<(&'static str, String)> {
     let s = &ctx.store.stats;
-    let g = |a: &AtomicU64| a.load(Ordering::Relaxed).to_string();
+    let g = |a: &Counter| a.get().to_string();
+    let gauge = |a: &AtomicU64| a.load(Ordering::Relaxed).to_string();
     let zero = || "0".to_string();
     let (user, system) = cpu_times();
     let uptime = ctx.started.elapsed().as_secs();
@@ -652,10 +656,10 @@ pub fn stats_list(ctx: &Ctx) -> Vec<(&'static str, String)> {
         ("rusage_user", user),
         ("rusage_system", system),
         ("max_connections", ctx.max_conns.to_string()),
-        ("curr_connections", g(&ctx.curr_conns)),
+        ("curr_connections", gauge(&ctx.curr_conns)),
         ("total_connections", g(&ctx.total_conns)),
         ("rejected_connections", zero()),
-        ("connection_structures", g(&ctx.curr_conns)),
+        ("connection_structures", gauge(&ctx.curr_conns)),
         ("response_obj_oom", zero()),
         ("response_obj_count", zero()),
         ("response_obj_bytes", zero()),
@@ -697,7 +701,7 @@ pub fn stats_list(ctx: &Ctx) -> Vec<(&'static str, String)> {
         ("threads", ctx.threads.to_string()),
         ("conn_yields", zero()),
         ("hash_power_level", zero()),
-        ("hash_bytes", g(&s.index_bytes)),
+        ("hash_bytes", gauge(&s.index_bytes)),
         ("hash_is_expanding", zero()),
         ("slab_reassign_rescues", zero()),
         ("slab_reassign_chunk_rescues", zero()),
@@ -718,8 +722,8 @@ pub fn stats_list(ctx: &Ctx) -> Vec<(&'static str, String)> {
         ("log_watchers", zero()),
         ("unexpected_napi_ids", zero()),
         ("round_robin_fallback", zero()),
-        ("bytes", g(&s.bytes)),
-        ("curr_items", g(&s.curr_items)),
+        ("bytes", gauge(&s.bytes)),
+        ("curr_items", gauge(&s.curr_items)),
         ("total_items", g(&s.total_items)),
         ("slab_global_page_pool", zero()),
         ("expired_unfetched", zero()),
@@ -739,14 +743,14 @@ pub fn stats_list(ctx: &Ctx) -> Vec<(&'static str, String)> {
     if let Some(j) = ctx.store.journal() {
         let h = j.health();
         v.extend([
-            ("aof_fsync_errors", g(&h.fsync_errors)),
-            ("aof_write_errors", g(&h.write_errors)),
-            ("aof_writes_refused", g(&h.refused)),
+            ("aof_fsync_errors", gauge(&h.fsync_errors)),
+            ("aof_write_errors", gauge(&h.write_errors)),
+            ("aof_writes_refused", gauge(&h.refused)),
             (
                 "aof_last_fsync_ok",
                 u8::from(!h.sync_failed.load(Ordering::Relaxed)).to_string(),
             ),
-            ("aof_rewrites", g(&h.rewrites)),
+            ("aof_rewrites", gauge(&h.rewrites)),
         ]);
     }
     v
@@ -787,7 +791,7 @@ pub fn reset_stats(ctx: &Ctx) {
         &ctx.store_too_large,
         &ctx.store_no_memory,
     ] {
-        c.store(0, Ordering::Relaxed);
+        c.reset();
     }
 }
 
@@ -838,7 +842,7 @@ impl Session {
     /// number) with its peer address.
     pub fn new(ctx: Arc<Ctx>, id: u64, peer: String) -> Session {
         ctx.curr_conns.fetch_add(1, Ordering::Relaxed);
-        ctx.total_conns.fetch_add(1, Ordering::Relaxed);
+        ctx.total_conns.add(1);
         let (id, stat) = ctx.conns.insert(id, peer, ctx.store.now());
         Session {
             ctx,
@@ -856,44 +860,93 @@ impl Drop for Session {
     }
 }
 
+/// Input and output buffers a worker's request-mode turns pass on to one
+/// another, as memcached keeps a per-thread cache of read buffers: a turn
+/// takes a pair and gives it back, so a request neither zeroes its input
+/// buffer again (it stays initialised) nor allocates and frees its 4 KiB
+/// output buffer, which glibc serves under the arena lock.
+#[derive(Default)]
+struct Spares {
+    pairs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// Pairs a worker keeps: more are needed only while that many turns wait
+/// for input in the middle of a request at once.
+const SPARES_KEPT: usize = 4;
+/// An output buffer that grew past this (a large multi-get) is not kept.
+const SPARE_OUTPUT_MAX: usize = 64 * 1024;
+
+thread_local! {
+    static SPARES: std::cell::RefCell<Spares> = std::cell::RefCell::default();
+}
+
+impl Spares {
+    /// A pair for a turn: an input buffer zeroed up to its length (at least
+    /// `FIRST_READ`), and an empty output buffer.
+    fn take() -> (Vec<u8>, Vec<u8>) {
+        SPARES
+            .with(|s| s.borrow_mut().pairs.pop())
+            .unwrap_or_else(|| (vec![0; FIRST_READ], Vec::with_capacity(4096)))
+    }
+
+    /// Gives a turn's pair back (the input buffer at its length, which
+    /// `Conn::into_buffers` has brought back to at most `INPUT_INITIAL`).
+    fn give(mut pair: (Vec<u8>, Vec<u8>)) {
+        if pair.1.capacity() > SPARE_OUTPUT_MAX {
+            pair.1 = Vec::with_capacity(4096);
+        }
+        SPARES.with(|s| {
+            let mut s = s.borrow_mut();
+            if s.pairs.len() < SPARES_KEPT {
+                s.pairs.push(pair);
+            }
+        });
+    }
+}
+
 /// One turn of a request-mode connection: serves the requests that are
 /// readable now, each exactly as [`handle_conn`] would, and returns at the
 /// first request boundary with nothing left buffered (`Next::Idle`: the
 /// connection idles with no fiber and no buffer), or `Next::Close` when the
-/// client quits, hangs up or breaks the protocol. `buf` is the request
-/// runner's buffer, used as the input buffer and handed back.
+/// client quits, hangs up or breaks the protocol. The turn borrows its
+/// buffers from its worker's spares (the request runner's own buffer goes
+/// unused).
 ///
 /// # Errors
 ///
 /// I/O errors other than the peer going away.
 pub fn handle_request<S: Read + Write>(
     stream: S,
-    buf: &mut Vec<u8>,
     session: &mut Session,
 ) -> io::Result<weave::server::Next> {
     use weave::server::Next;
-    let ctx = session.ctx.clone();
-    let mut c = Conn::for_request(stream, &ctx, std::mem::take(buf));
-    c.stat = Some(session.stat.clone());
+    // Borrowed, not cloned: a clone and drop of the shared `Arc` per
+    // request is two atomic writes to one cache line from every worker.
+    let Session {
+        ctx, stat, proto, ..
+    } = session;
+    let ctx: &Ctx = ctx;
+    let mut c = Conn::for_request(stream, ctx, Spares::take());
+    c.stat = Some(stat.clone());
     let r = (|| {
-        if session.proto == Proto::Unknown {
+        if *proto == Proto::Unknown {
             if !c.fill(INPUT_INITIAL)? {
                 return Ok(());
             }
-            session.proto = if c.data()[0] == binary::REQ_MAGIC {
+            *proto = if c.data()[0] == binary::REQ_MAGIC {
                 Proto::Binary
             } else {
                 Proto::Text
             };
         }
-        match session.proto {
-            Proto::Binary => binary::serve(&mut c, &ctx)?,
-            _ => text::serve(&mut c, &ctx)?,
+        match *proto {
+            Proto::Binary => binary::serve(&mut c, ctx)?,
+            _ => text::serve(&mut c, ctx)?,
         }
         c.flush()
     })();
     let idle = c.went_idle;
-    *buf = c.into_buffer();
+    Spares::give(c.into_buffers());
     match r {
         Ok(()) if idle => Ok(Next::Idle),
         Ok(()) => Ok(Next::Close),
@@ -938,7 +991,7 @@ pub fn handle_conn_from<S: Read + Write>(
     listed: Option<(u64, String)>,
 ) -> io::Result<()> {
     ctx.curr_conns.fetch_add(1, Ordering::Relaxed);
-    ctx.total_conns.fetch_add(1, Ordering::Relaxed);
+    ctx.total_conns.add(1);
     let _open = Open(ctx);
     let registered = listed.map(|(id, peer)| ctx.conns.register(id, peer, ctx.store.now()));
     let mut c = Conn::new(stream, ctx);

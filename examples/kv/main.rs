@@ -79,7 +79,7 @@ pub(crate) mod tls;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -350,10 +350,7 @@ fn run(args: Args) -> io::Result<()> {
             log::error!("final log sync failed: {e}");
         }
     }
-    log::info!(
-        "stopped after {} connections",
-        ctx.total_conns.load(Ordering::Relaxed)
-    );
+    log::info!("stopped after {} connections", ctx.total_conns.get());
     served
 }
 
@@ -420,8 +417,8 @@ fn serve(
                 conn::Session::new(ctx2.clone(), c.as_raw_fd() as u64, peer_of(c))
             },
             |req: &mut weave::server::Request<'_, conn::Session>| {
-                let (c, session, buf) = req.parts();
-                conn::handle_request(c, buf, session)
+                let (c, session, _) = req.parts();
+                conn::handle_request(c, session)
             },
         )?;
         log::info!("server stopped: {summary:?}");

@@ -22,7 +22,6 @@
 //! answers `CLIENT_ERROR invalid flag`; later versions accept it).
 
 use std::io::{self, Read, Write};
-use std::sync::atomic::Ordering;
 
 use crate::conn::{Block, Conn, Ctx};
 use crate::stats;
@@ -364,7 +363,7 @@ fn set<'a, S: Read + Write>(
     if len as usize > ctx.item_max {
         // Unlike a classic append, a meta one also drops the old item.
         c.put(b"SERVER_ERROR object too large for cache\r\n");
-        ctx.store_too_large.fetch_add(1, Ordering::Relaxed);
+        ctx.store_too_large.add(1);
         if let Err(e) = ctx.store.delete(&key, 0) {
             c.put(format!("SERVER_ERROR {e}\r\n").as_bytes());
         }
@@ -405,7 +404,7 @@ fn set<'a, S: Read + Write>(
         Ok(StoreStatus::NotFound) => (b"NF", 0),
         Ok(StoreStatus::NoMemory) => {
             c.put(b"SERVER_ERROR out of memory storing object\r\n");
-            ctx.store_no_memory.fetch_add(1, Ordering::Relaxed);
+            ctx.store_no_memory.add(1);
             return Ok(true);
         }
         Err(e) => {

@@ -292,7 +292,7 @@ fn command<S: Read + Write>(c: &mut Conn<'_, S>, ctx: &Ctx, line: &[u8]) -> io::
         }
         b"stats" => stats(c, ctx, toks),
         b"mg" | b"ms" | b"md" | b"ma" | b"mn" | b"me" => {
-            ctx.cmd_meta.fetch_add(1, Ordering::Relaxed);
+            ctx.cmd_meta.add(1);
             return Ok(if meta::command(c, ctx, cmd, toks)? {
                 Flow::Go
             } else {
@@ -399,7 +399,7 @@ fn storage<'a, S: Read + Write>(
     }
     if len as usize > ctx.item_max {
         c.put(b"SERVER_ERROR object too large for cache\r\n");
-        ctx.store_too_large.fetch_add(1, Ordering::Relaxed);
+        ctx.store_too_large.add(1);
         if mode == Mode::Set {
             // Do not leave a stale value behind a failed set.
             if let Err(e) = ctx.store.delete(key, 0) {
@@ -432,7 +432,7 @@ fn storage<'a, S: Read + Write>(
         Ok(StoreStatus::TooLarge) => b"NOT_STORED\r\n",
         Ok(StoreStatus::NoMemory) => {
             c.put(b"SERVER_ERROR out of memory storing object\r\n");
-            ctx.store_no_memory.fetch_add(1, Ordering::Relaxed);
+            ctx.store_no_memory.add(1);
             return Ok(Flow::Go);
         }
         Err(e) => {

@@ -83,7 +83,9 @@ use std::io;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::Duration;
+
+use crate::sys::coarse_now;
 
 use super::{account, ActiveGuard, Conn, State};
 
@@ -159,8 +161,10 @@ struct Entry<S> {
     conn: Conn,
     /// Counts the connection open until it drops.
     _guard: ActiveGuard,
-    /// When it went idle.
-    since: Instant,
+    /// When it went idle, on the coarse monotonic clock (a few ms of
+    /// resolution is plenty for an idle timeout, and the precise clock
+    /// cost tens of ns per request on a virtual machine).
+    since: Duration,
 }
 
 enum Slot<S> {
@@ -246,7 +250,7 @@ impl<S> Dispatcher<S> {
     }
 
     /// Closes the connections idle since before `cutoff`.
-    fn sweep(&self, cutoff: Instant) -> usize {
+    fn sweep(&self, cutoff: Duration) -> usize {
         let stale: Vec<usize> = {
             let t = self.lock();
             t.slots
@@ -355,7 +359,7 @@ impl<S: Send + 'static> Mode<S> {
             state: (self.new_state)(&conn),
             conn,
             _guard: ActiveGuard(self.state.clone()),
-            since: Instant::now(),
+            since: coarse_now(),
         };
         let slot = {
             let mut t = self.dispatchers[i].lock();
@@ -449,7 +453,7 @@ impl<S: Send + 'static> Mode<S> {
                 continue;
             };
             crate::fiber::park_timeout(t / 2);
-            let cutoff = Instant::now().checked_sub(t);
+            let cutoff = coarse_now().checked_sub(t);
             let n = cutoff.map_or(0, |c| self.dispatchers[i].sweep(c));
             if n > 0 {
                 log::debug!("request mode: closed {n} connections idle for {t:?}");
@@ -568,7 +572,7 @@ impl<S: Send + 'static> Mode<S> {
             if !keep || self.done.load(Ordering::SeqCst) {
                 break;
             }
-            entry.since = Instant::now();
+            entry.since = coarse_now();
             match self.idle(i, slot, entry) {
                 None => return,
                 Some(back) => entry = back,

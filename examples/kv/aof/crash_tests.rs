@@ -211,7 +211,7 @@ pub(super) fn power_cut(name: &str, fsync: Fsync, cut: Cut, evict: bool) -> Outc
         .flat_map(|h| h.join().expect("writer panicked"))
         .collect();
     let mut out = Outcome {
-        evictions: st.stats.evictions.load(Ordering::Relaxed),
+        evictions: st.stats.evictions.get(),
         compactions: fs.created(),
         syncs: fs.syncs(),
         ..Default::default()

@@ -79,7 +79,7 @@ pub use item::{item_bytes, Value};
 pub use meta::{MetaGetOpts, SetOpts};
 use shard::{item_of, Dead, MetaBits, Shard};
 use stats::bump;
-pub use stats::Stats;
+pub use stats::{Counter, Stats};
 
 /// Most shards; a power of two.
 pub const SHARDS: usize = 64;

@@ -154,7 +154,7 @@ impl Shard {
     /// Inserts a new item (its key must not be present); returns its slot.
     pub(super) fn insert(&mut self, v: Value, stats: &Stats) -> usize {
         stats.bytes.fetch_add(v.charge() as u64, Ordering::Relaxed);
-        bump(&stats.curr_items);
+        stats.curr_items.fetch_add(1, Ordering::Relaxed);
         let h = self.hash(v.key());
         let hasher = &self.hasher;
         let i = self.table.insert(h, v, |k| hasher.hash_one(k));

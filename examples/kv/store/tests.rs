@@ -29,8 +29,8 @@ fn set_get_delete() {
     assert_eq!(st.delete(b"a", 0).unwrap(), DeleteStatus::Deleted);
     assert_eq!(st.delete(b"a", 0).unwrap(), DeleteStatus::NotFound);
     assert!(st.get(b"a").is_none());
-    assert_eq!(st.stats.get_hits.load(Ordering::Relaxed), 1);
-    assert_eq!(st.stats.get_misses.load(Ordering::Relaxed), 1);
+    assert_eq!(st.stats.get_hits.get(), 1);
+    assert_eq!(st.stats.get_misses.get(), 1);
     assert_eq!(st.len(), 0);
     assert_eq!(st.stats.bytes.load(Ordering::Relaxed), 0);
 }
@@ -101,9 +101,9 @@ fn cas_rules() {
     );
     assert_eq!(st.delete(b"k", c1).unwrap(), DeleteStatus::Exists);
     assert_eq!(st.delete(b"k", c2).unwrap(), DeleteStatus::Deleted);
-    assert_eq!(st.stats.cas_hits.load(Ordering::Relaxed), 1);
-    assert_eq!(st.stats.cas_badval.load(Ordering::Relaxed), 2);
-    assert_eq!(st.stats.cas_misses.load(Ordering::Relaxed), 1);
+    assert_eq!(st.stats.cas_hits.get(), 1);
+    assert_eq!(st.stats.cas_badval.get(), 2);
+    assert_eq!(st.stats.cas_misses.get(), 1);
 }
 
 #[test]
@@ -210,7 +210,7 @@ fn expiry_relative_absolute_negative() {
     st.clock().advance(10);
     assert!(st.get(b"abs").is_none());
     assert!(st.get(b"forever").is_some());
-    assert!(st.stats.get_expired.load(Ordering::Relaxed) >= 3);
+    assert!(st.stats.get_expired.get() >= 3);
 }
 
 #[test]
@@ -295,7 +295,7 @@ fn lru_eviction_respects_limit_and_recency() {
         assert!(st.get(b"hot").is_some(), "hot key evicted at {i}");
         assert!(st.charged() as usize <= st.limit());
     }
-    assert!(st.stats.evictions.load(Ordering::Relaxed) >= 900);
+    assert!(st.stats.evictions.get() >= 900);
     assert!(st.get(b"999").is_some(), "the newest item survives");
     assert!(st.get(b"000").is_none(), "an old item was evicted");
 }
@@ -505,7 +505,7 @@ fn clock_eviction_keeps_recently_used_items() {
         }
         assert!(st.charged() as usize <= limit);
     }
-    let evicted = st.stats.evictions.load(Ordering::Relaxed);
+    let evicted = st.stats.evictions.get();
     assert!(evicted >= 15_000, "{evicted} evictions");
     // Without reads the same stores evict the old keys.
     let held = (0..200)
@@ -579,10 +579,7 @@ fn stress_threads_on_overlapping_keys() {
             });
         }
     });
-    assert!(
-        st.stats.evictions.load(Ordering::Relaxed) > 0,
-        "the limit was hit"
-    );
+    assert!(st.stats.evictions.get() > 0, "the limit was hit");
     assert!(st.charged() as usize <= limit);
     let mut n = 0;
     for i in 0..st.shards.len() {

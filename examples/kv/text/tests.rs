@@ -239,7 +239,7 @@ fn stats_fields() {
     let out = run(&ctx, b"stats reset\r\nstats settings\r\n", usize::MAX);
     let out = String::from_utf8(out).unwrap();
     assert!(out.starts_with("RESET\r\nSTAT maxbytes 67108864\r\n"));
-    assert_eq!(ctx.store.stats.get_hits.load(Ordering::Relaxed), 0);
+    assert_eq!(ctx.store.stats.get_hits.get(), 0);
 }
 
 #[test]
@@ -400,7 +400,7 @@ fn memory_limit_evicts() {
     let out = String::from_utf8(run(&ctx, &input, usize::MAX)).unwrap();
     assert!(out.ends_with("\r\nEND\r\nEND\r\n"));
     assert!(out.contains("VALUE key999 0 1000\r\n"));
-    assert!(ctx.store.stats.evictions.load(Ordering::Relaxed) > 700);
+    assert!(ctx.store.stats.evictions.get() > 700);
     assert!(ctx.store.charged() <= 200 * 1024);
 }
 
