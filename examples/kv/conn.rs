@@ -555,6 +555,13 @@ impl<'a, S: Read + Write> Conn<'a, S> {
         }
     }
 
+    /// Queues `n` in decimal (nothing while muted).
+    pub fn put_num(&mut self, n: u64) {
+        if !self.muted {
+            crate::text::put_num(&mut self.out, n);
+        }
+    }
+
     /// Drops (true) or queues again (false) every reply from now on: a text
     /// command with `noreply` gets no answer at all, errors included.
     pub fn set_muted(&mut self, muted: bool) {

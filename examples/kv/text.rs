@@ -68,7 +68,11 @@ enum Flow {
 ///
 /// I/O errors of the connection.
 pub fn serve<S: Read + Write>(c: &mut Conn<'_, S>, ctx: &Ctx) -> io::Result<()> {
-    let mut line = Vec::with_capacity(256);
+    // The command line is copied out of the input buffer (the command may
+    // read more input into it): onto the stack when it is short, as nearly
+    // every line is, so a turn makes no allocation for it.
+    let mut short = [0u8; 256];
+    let mut long = Vec::new();
     let mut discarding = false;
     // Buffered bytes already searched for a newline: a line that arrives in
     // many small reads is scanned once, not once per read.
@@ -94,10 +98,19 @@ pub fn serve<S: Read + Write>(c: &mut Conn<'_, S>, ctx: &Ctx) -> io::Result<()> 
             }
             let l = &data[..nl];
             let l = l.strip_suffix(b"\r").unwrap_or(l);
-            line.clear();
-            line.extend_from_slice(l);
+            let line: &[u8] = match short.get_mut(..l.len()) {
+                Some(s) => {
+                    s.copy_from_slice(l);
+                    s
+                }
+                None => {
+                    long.clear();
+                    long.extend_from_slice(l);
+                    &long
+                }
+            };
             c.consume(nl + 1);
-            let flow = command(c, ctx, &line);
+            let flow = command(c, ctx, line);
             // `noreply` silences one command only, errors included.
             c.set_muted(false);
             match flow? {
@@ -326,7 +339,6 @@ fn retrieve<'a, S: Read + Write>(
         c.put(b"ERROR\r\n");
         return Ok(());
     }
-    let mut head = Vec::with_capacity(64);
     for k in keys {
         let item = match touch {
             None => ctx.store.get(k),
@@ -339,19 +351,17 @@ fn retrieve<'a, S: Read + Write>(
             },
         };
         let Some(item) = item else { continue };
-        head.clear();
-        head.extend_from_slice(b"VALUE ");
-        head.extend_from_slice(k);
-        head.push(b' ');
-        put_num(&mut head, item.flags as u64);
-        head.push(b' ');
-        put_num(&mut head, item.value.len() as u64);
+        c.put(b"VALUE ");
+        c.put(k);
+        c.put(b" ");
+        c.put_num(item.flags as u64);
+        c.put(b" ");
+        c.put_num(item.value.len() as u64);
         if with_cas {
-            head.push(b' ');
-            put_num(&mut head, item.cas);
+            c.put(b" ");
+            c.put_num(item.cas);
         }
-        head.extend_from_slice(b"\r\n");
-        c.put(&head);
+        c.put(b"\r\n");
         c.put_value(&item.value)?;
         c.put(b"\r\n");
         c.maybe_flush()?;
@@ -490,10 +500,8 @@ fn delta<'a, S: Read + Write>(
 }
 
 fn put_num_line<S: Read + Write>(c: &mut Conn<'_, S>, v: u64) {
-    let mut b = Vec::with_capacity(24);
-    put_num(&mut b, v);
-    b.extend_from_slice(b"\r\n");
-    c.put(&b);
+    c.put_num(v);
+    c.put(b"\r\n");
 }
 
 fn delete<'a, S: Read + Write>(
