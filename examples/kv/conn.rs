@@ -884,6 +884,9 @@ const SPARES_KEPT: usize = 4;
 const SPARE_OUTPUT_MAX: usize = 64 * 1024;
 
 thread_local! {
+    // Taken and given back in two short calls with no park inside either;
+    // a turn's fiber stays on its worker (request runners are not
+    // stealable), so both calls reach the same worker's cache.
     static SPARES: std::cell::RefCell<Spares> = std::cell::RefCell::default();
 }
 

@@ -76,3 +76,40 @@ fn blocks_grow_as_they_arrive_and_give_the_budget_back() {
     );
     assert!(!c.discard(1).unwrap());
 }
+
+/// Request-mode turns pass their worker's buffers on: the second turn
+/// gets the first one's input and output buffers back (so it neither
+/// zeroes nor allocates them), and between turns the worker keeps one
+/// pair.
+#[test]
+fn request_turns_reuse_their_workers_spare_buffers() {
+    use weave::server::Next;
+    let ctx = Arc::new(ctx());
+    let mut session = Session::new(ctx.clone(), 7, "tcp:127.0.0.1:1".into());
+    let spares = || {
+        SPARES.with(|s| {
+            let s = s.borrow();
+            let v: Vec<_> = s
+                .pairs
+                .iter()
+                .map(|(i, o)| (i.as_ptr(), o.as_ptr(), i.len()))
+                .collect();
+            v
+        })
+    };
+    assert!(spares().is_empty(), "a new thread has no spares");
+    let mut m = Mock::new(b"set a 0 0 1\r\nx\r\n", usize::MAX);
+    assert_eq!(handle_request(&mut m, &mut session).unwrap(), Next::Idle);
+    assert_eq!(m.output, b"STORED\r\n");
+    let first = spares();
+    assert_eq!(first.len(), 1);
+    assert!(first[0].2 >= FIRST_READ);
+    let mut m = Mock::new(b"get a\r\n", usize::MAX);
+    assert_eq!(handle_request(&mut m, &mut session).unwrap(), Next::Idle);
+    assert_eq!(m.output, b"VALUE a 0 1\r\nx\r\nEND\r\n");
+    assert_eq!(
+        spares(),
+        first,
+        "the same pair, the input buffer at its length"
+    );
+}

@@ -148,3 +148,26 @@ impl Store {
         self.flush_at.load(Ordering::Relaxed)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The coarse clock the store reads tells the same second as the
+    /// precise one (give or take the tick it lags by, and a second
+    /// boundary between the two reads).
+    #[test]
+    fn the_coarse_clock_keeps_unix_seconds() {
+        for _ in 0..100 {
+            let precise = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
+            let coarse = Clock::System.now();
+            assert!(
+                coarse + 1 >= precise && coarse <= precise + 1,
+                "{coarse} against {precise}"
+            );
+        }
+    }
+}
