@@ -398,12 +398,7 @@ impl<S: mio::event::Source + AsRawFd> IoSource<S> {
             // SAFETY: `ptr` is `want` bytes of `buf`'s spare capacity, which
             // this call holds `buf` mutably for; recv(2) writes at most
             // `want` bytes there and reads none of them.
-            let r = unsafe { libc::recv(s.as_raw_fd(), ptr, want, 0) };
-            if r < 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                Ok(r as usize)
-            }
+            unsafe { crate::sys::recv(s.as_raw_fd(), ptr, want) }
         })?;
         // SAFETY: the kernel initialized the first `n <= want` bytes of the
         // spare capacity.

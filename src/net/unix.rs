@@ -2,6 +2,7 @@ use std::fmt;
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::net::Shutdown;
 
+use std::os::fd::AsRawFd;
 use std::os::unix::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -218,8 +219,11 @@ impl UnixStream {
 
     fn read_inner(&self, buf: &mut [u8]) -> io::Result<usize> {
         let want = buf.len();
-        self.io
-            .do_read(self.read_timeout.deadline(), want, |mut s| s.read(buf))
+        self.io.do_read(self.read_timeout.deadline(), want, |s| {
+            // SAFETY: `buf` is `want` writable bytes, borrowed mutably
+            // for this call.
+            unsafe { crate::sys::recv(s.as_raw_fd(), buf.as_mut_ptr().cast(), want) }
+        })
     }
 
     /// Tells `hook` once when the socket is next readable (see
@@ -247,8 +251,8 @@ impl UnixStream {
 
     fn write_inner(&self, buf: &[u8]) -> io::Result<usize> {
         self.io
-            .do_io(Direction::Write, self.write_timeout.deadline(), |mut s| {
-                s.write(buf)
+            .do_io(Direction::Write, self.write_timeout.deadline(), |s| {
+                crate::sys::send(s.as_raw_fd(), buf)
             })
     }
 
