@@ -35,6 +35,7 @@
 use std::any::Any;
 use std::cell::UnsafeCell;
 use std::collections::HashMap;
+use std::mem::ManuallyDrop;
 use std::num::NonZeroU64;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -354,6 +355,20 @@ impl FiberRef {
         // One more reference, for `r`, leaving the caller's.
         std::mem::forget(r.clone());
         r
+    }
+
+    /// A `FiberRef` to `fiber` that owns no count: it is never dropped
+    /// (cloning it takes a count as usual).
+    ///
+    /// # Safety
+    ///
+    /// `fiber` is a live fiber that stays alive while the result is used,
+    /// and the result is not taken out of its `ManuallyDrop`.
+    pub(crate) unsafe fn borrow_from_ptr(fiber: *const RawFiber) -> ManuallyDrop<FiberRef> {
+        // SAFETY: the caller vouches for `fiber` (so it is not null).
+        ManuallyDrop::new(FiberRef(unsafe {
+            NonNull::new_unchecked(fiber.cast_mut())
+        }))
     }
 
     /// The tail as its concrete type.

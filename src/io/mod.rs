@@ -466,8 +466,9 @@ impl<S: mio::event::Source + AsRawFd> IoSource<S> {
                 ));
             }
         }
-        let fiber = context::current_fiber();
-        let fiber = match fiber {
+        // Borrowed: this runs on the fiber, whose record outlives the call.
+        let current = context::current_fiber_borrowed();
+        let fiber: &FiberRef = match &current {
             Some(f) if !self.waits_in_poll(self.reg.get()) => f,
             _ => {
                 // A plain thread, or a socket whose runtime is gone: block
@@ -475,7 +476,7 @@ impl<S: mio::event::Source + AsRawFd> IoSource<S> {
                 // deadline (a `timeout` around this call). On a fiber of
                 // another runtime, this blocks that fiber's worker for the
                 // wait.
-                let scope = match &fiber {
+                let scope = match &current {
                     None => crate::fiber::cancel::check_thread(),
                     Some(f) => crate::fiber::cancel::check_fiber(f),
                 };
@@ -495,7 +496,7 @@ impl<S: mio::event::Source + AsRawFd> IoSource<S> {
             context::with_worker(|w| w.is_some_and(|w| !Arc::ptr_eq(&r.shared, &w.shared)))
         });
         let reg = self.registration()?;
-        if reg.io.add_waiter(dir, &fiber) {
+        if reg.io.add_waiter(dir, fiber) {
             /// Withdraws the fiber from the waiter list if the park unwinds
             /// (cancellation, an expired `timeout`).
             struct Withdraw<'a>(&'a ScheduledIo, Direction, &'a FiberRef);
@@ -511,11 +512,11 @@ impl<S: mio::event::Source + AsRawFd> IoSource<S> {
                     Some(d.map_or(check, |d| d.min(check)))
                 }
             };
-            let withdraw = Withdraw(&reg.io, dir, &fiber);
+            let withdraw = Withdraw(&reg.io, dir, fiber);
             crate::fiber::park_until(until);
             std::mem::forget(withdraw);
             if until.is_some_and(|d| Instant::now() >= d) && !reg.io.is_ready(dir) {
-                reg.io.remove_waiter(dir, &fiber);
+                reg.io.remove_waiter(dir, fiber);
                 if deadline.is_some_and(|d| Instant::now() >= d) {
                     return Err(io::Error::new(
                         io::ErrorKind::TimedOut,
@@ -534,8 +535,7 @@ impl<S: mio::event::Source + AsRawFd> IoSource<S> {
     /// raises an event.
     pub(crate) fn ready_now(&self, dir: Direction) -> io::Result<bool> {
         let reg = self.reg.get().or_else(|| {
-            context::current_fiber()
-                .is_some()
+            context::in_fiber()
                 .then(|| self.registration().ok())
                 .flatten()
         });

@@ -49,6 +49,23 @@ pub(crate) fn current_fiber() -> Option<FiberRef> {
     })
 }
 
+/// The fiber running on this thread, if any, borrowed: no count is taken
+/// or dropped (a count per call is two atomic writes to the fiber's
+/// record). Valid as long as the caller runs on that fiber, since the
+/// fiber's record owns the stack the caller runs on.
+pub(crate) fn current_fiber_borrowed() -> Option<std::mem::ManuallyDrop<FiberRef>> {
+    with_worker(|w| {
+        let p = w?.current.get();
+        if p.is_null() {
+            return None;
+        }
+        // SAFETY: a non-null `current` is the fiber running on this thread,
+        // alive while the caller runs on it (it holds the caller's stack);
+        // the result never leaves its `ManuallyDrop`, so it drops no count.
+        Some(unsafe { FiberRef::borrow_from_ptr(p) })
+    })
+}
+
 /// True when the caller runs on a fiber.
 pub(crate) fn in_fiber() -> bool {
     with_worker(|w| w.is_some_and(|w| !w.current.get().is_null()))
