@@ -425,6 +425,16 @@ impl FiberRef {
         }
     }
 
+    /// [`unpark`](Self::unpark) for a reference the caller is done with:
+    /// it goes to the run queue itself, instead of a clone of it going
+    /// there while it is dropped (two atomic writes to the fiber's count
+    /// saved per wakeup: a waiter list's reference, a timer's).
+    pub(crate) fn unpark_owned(self) {
+        if self.state.unpark() {
+            crate::runtime::schedule_started(self);
+        }
+    }
+
     /// Asks the fiber to stop at its next cancellation point: records the
     /// request, then unparks it so a parked fiber sees it at once.
     pub(crate) fn cancel(&self) {
@@ -495,6 +505,15 @@ impl Unparker {
     pub(crate) fn unpark(&self) {
         match self {
             Unparker::Fiber(f) => f.unpark(),
+            Unparker::Thread(t) => t.unpark(),
+        }
+    }
+
+    /// [`unpark`](Self::unpark), handing a fiber's reference to the run
+    /// queue instead of a clone of it (see [`FiberRef::unpark_owned`]).
+    pub(crate) fn unpark_owned(self) {
+        match self {
+            Unparker::Fiber(f) => f.unpark_owned(),
             Unparker::Thread(t) => t.unpark(),
         }
     }

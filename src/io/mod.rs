@@ -135,11 +135,11 @@ impl WaitList {
 
     fn wake_all(&mut self) {
         if let Some(f) = self.first.take() {
-            f.unpark();
+            f.unpark_owned();
         }
         if let Some(rest) = &mut self.rest {
             for f in rest.drain(..) {
-                f.unpark();
+                f.unpark_owned();
             }
         }
     }

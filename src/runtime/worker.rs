@@ -356,7 +356,7 @@ impl Worker {
         loop {
             let due = self.timers.borrow_mut().pop_expired(now);
             match due {
-                Some(f) => f.unpark(),
+                Some(f) => f.unpark_owned(),
                 None => break,
             }
         }

@@ -253,11 +253,11 @@ impl Wakeups {
 impl Drop for Wakeups {
     fn drop(&mut self) {
         if let Some(u) = self.one.take() {
-            u.unpark();
+            u.unpark_owned();
         }
         if !self.more.is_empty() {
             for u in self.more.drain(..) {
-                u.unpark();
+                u.unpark_owned();
             }
         }
     }
