@@ -357,18 +357,16 @@ impl FiberRef {
         r
     }
 
-    /// A `FiberRef` to `fiber` that owns no count: it is never dropped
-    /// (cloning it takes a count as usual).
+    /// A `FiberRef` to `fiber` that owns no count (cloning it takes one as
+    /// usual).
     ///
     /// # Safety
     ///
-    /// `fiber` is a live fiber that stays alive while the result is used,
-    /// and the result is not taken out of its `ManuallyDrop`.
-    pub(crate) unsafe fn borrow_from_ptr(fiber: *const RawFiber) -> ManuallyDrop<FiberRef> {
+    /// `fiber` is a live fiber that stays alive while the result is used.
+    pub(crate) unsafe fn borrow_from_ptr(fiber: *const RawFiber) -> BorrowedFiberRef {
         // SAFETY: the caller vouches for `fiber` (so it is not null).
-        ManuallyDrop::new(FiberRef(unsafe {
-            NonNull::new_unchecked(fiber.cast_mut())
-        }))
+        let r = FiberRef(unsafe { NonNull::new_unchecked(fiber.cast_mut()) });
+        BorrowedFiberRef(ManuallyDrop::new(r), std::marker::PhantomData)
     }
 
     /// The tail as its concrete type.
@@ -441,6 +439,19 @@ impl FiberRef {
         if self.state.request_cancel() {
             self.unpark();
         }
+    }
+}
+
+/// A [`FiberRef`] that owns no count, made by
+/// [`FiberRef::borrow_from_ptr`]: it derefs to the `FiberRef`, is never
+/// dropped as one, and stays on its thread.
+pub(crate) struct BorrowedFiberRef(ManuallyDrop<FiberRef>, std::marker::PhantomData<*const ()>);
+
+impl std::ops::Deref for BorrowedFiberRef {
+    type Target = FiberRef;
+
+    fn deref(&self) -> &FiberRef {
+        &self.0
     }
 }
 

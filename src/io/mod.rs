@@ -466,8 +466,9 @@ impl<S: mio::event::Source + AsRawFd> IoSource<S> {
                 ));
             }
         }
-        // Borrowed: this runs on the fiber, whose record outlives the call.
-        let current = context::current_fiber_borrowed();
+        // SAFETY: `current` lives in this frame only, on the fiber it
+        // borrows (or on a plain thread, where it is `None`).
+        let current = unsafe { context::current_fiber_borrowed() };
         let fiber: &FiberRef = match &current {
             Some(f) if !self.waits_in_poll(self.reg.get()) => f,
             _ => {

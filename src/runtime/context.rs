@@ -19,7 +19,7 @@ use std::cell::Cell;
 use std::ptr;
 
 use super::worker::Worker;
-use crate::fiber::raw::FiberRef;
+use crate::fiber::raw::{BorrowedFiberRef, FiberRef};
 
 thread_local! {
     static WORKER: Cell<*const Worker> = const { Cell::new(ptr::null()) };
@@ -51,17 +51,20 @@ pub(crate) fn current_fiber() -> Option<FiberRef> {
 
 /// The fiber running on this thread, if any, borrowed: no count is taken
 /// or dropped (a count per call is two atomic writes to the fiber's
-/// record). Valid as long as the caller runs on that fiber, since the
-/// fiber's record owns the stack the caller runs on.
-pub(crate) fn current_fiber_borrowed() -> Option<std::mem::ManuallyDrop<FiberRef>> {
+/// record).
+///
+/// # Safety
+///
+/// The result is used only by code running on that fiber, which keeps the
+/// fiber's record alive: the record owns the stack that code runs on.
+pub(crate) unsafe fn current_fiber_borrowed() -> Option<BorrowedFiberRef> {
     with_worker(|w| {
         let p = w?.current.get();
         if p.is_null() {
             return None;
         }
-        // SAFETY: a non-null `current` is the fiber running on this thread,
-        // alive while the caller runs on it (it holds the caller's stack);
-        // the result never leaves its `ManuallyDrop`, so it drops no count.
+        // SAFETY: a non-null `current` is the fiber running on this thread;
+        // the caller uses the result only while running on it.
         Some(unsafe { FiberRef::borrow_from_ptr(p) })
     })
 }
