@@ -377,6 +377,31 @@ impl<S: mio::event::Source + AsRawFd> IoSource<S> {
         Ok(n)
     }
 
+    /// [`do_read`](Self::do_read) into `buf` with a plain `recv(2)` (see
+    /// [`sys::recv`](crate::sys::recv)): a stream socket's `read`.
+    pub(crate) fn recv(&self, deadline: Option<Instant>, buf: &mut [u8]) -> io::Result<usize>
+    where
+        S: AsRawFd,
+    {
+        let want = buf.len();
+        self.do_read(deadline, want, |s| {
+            // SAFETY: `buf` is `want` writable bytes, borrowed mutably for
+            // this call.
+            unsafe { crate::sys::recv(s.as_raw_fd(), buf.as_mut_ptr().cast(), want) }
+        })
+    }
+
+    /// [`do_io`](Self::do_io) of a plain `send(2)` of `buf` (see
+    /// [`sys::send`](crate::sys::send)): a stream socket's `write`.
+    pub(crate) fn send(&self, deadline: Option<Instant>, buf: &[u8]) -> io::Result<usize>
+    where
+        S: AsRawFd,
+    {
+        self.do_io(Direction::Write, deadline, |s| {
+            crate::sys::send(s.as_raw_fd(), buf)
+        })
+    }
+
     /// [`do_read`](Self::do_read) of what is readable now into the spare
     /// capacity of `buf`, appended to its contents: `recv(2)` writes
     /// straight into the spare capacity, so it needs no zeroing first.

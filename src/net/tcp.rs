@@ -1,7 +1,7 @@
 use std::fmt;
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
+use std::os::fd::{FromRawFd, IntoRawFd, RawFd};
 use std::time::{Duration, Instant};
 
 use super::{dup_fd, each_addr, first_ok, resolve_offloaded, AtomicTimeout};
@@ -525,12 +525,7 @@ impl TcpStream {
     }
 
     fn read_inner(&self, buf: &mut [u8]) -> io::Result<usize> {
-        let want = buf.len();
-        self.io.do_read(self.read_timeout.deadline(), want, |s| {
-            // SAFETY: `buf` is `want` writable bytes, borrowed mutably
-            // for this call.
-            unsafe { crate::sys::recv(s.as_raw_fd(), buf.as_mut_ptr().cast(), want) }
-        })
+        self.io.recv(self.read_timeout.deadline(), buf)
     }
 
     fn read_vectored_inner(&self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
@@ -542,10 +537,7 @@ impl TcpStream {
     }
 
     fn write_inner(&self, buf: &[u8]) -> io::Result<usize> {
-        self.io
-            .do_io(Direction::Write, self.write_timeout.deadline(), |s| {
-                crate::sys::send(s.as_raw_fd(), buf)
-            })
+        self.io.send(self.write_timeout.deadline(), buf)
     }
 
     fn write_vectored_inner(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {

@@ -2,7 +2,6 @@ use std::fmt;
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::net::Shutdown;
 
-use std::os::fd::AsRawFd;
 use std::os::unix::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -218,12 +217,7 @@ impl UnixStream {
     }
 
     fn read_inner(&self, buf: &mut [u8]) -> io::Result<usize> {
-        let want = buf.len();
-        self.io.do_read(self.read_timeout.deadline(), want, |s| {
-            // SAFETY: `buf` is `want` writable bytes, borrowed mutably
-            // for this call.
-            unsafe { crate::sys::recv(s.as_raw_fd(), buf.as_mut_ptr().cast(), want) }
-        })
+        self.io.recv(self.read_timeout.deadline(), buf)
     }
 
     /// Tells `hook` once when the socket is next readable (see
@@ -250,10 +244,7 @@ impl UnixStream {
     }
 
     fn write_inner(&self, buf: &[u8]) -> io::Result<usize> {
-        self.io
-            .do_io(Direction::Write, self.write_timeout.deadline(), |s| {
-                crate::sys::send(s.as_raw_fd(), buf)
-            })
+        self.io.send(self.write_timeout.deadline(), buf)
     }
 
     fn write_vectored_inner(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
