@@ -22,6 +22,9 @@ const INPUT_INITIAL: usize = 16 * 1024;
 /// The buffer then passes from turn to turn among its worker's spares,
 /// so it is zeroed once, not once per turn.
 const FIRST_READ: usize = 4096;
+/// The output buffer's starting capacity (and what a grown one goes back
+/// to).
+const OUTPUT_INITIAL: usize = 4096;
 /// Output is written once this much is queued, even mid-request.
 const OUTPUT_FLUSH_AT: usize = 256 * 1024;
 /// A connection that has read this much (a request counts as 1 KiB)
@@ -223,7 +226,7 @@ impl<'a, S: Read + Write> Conn<'a, S> {
             stream,
             ctx,
             vec![0; INPUT_INITIAL],
-            Vec::with_capacity(4096),
+            Vec::with_capacity(OUTPUT_INITIAL),
         )
     }
 
@@ -608,7 +611,7 @@ impl<'a, S: Read + Write> Conn<'a, S> {
             self.ctx.bytes_written.add(self.out.len() as u64);
             self.out.clear();
             if self.out.capacity() > 4 * OUTPUT_FLUSH_AT {
-                self.out = Vec::with_capacity(4096);
+                self.out = Vec::with_capacity(OUTPUT_INITIAL);
             }
         }
         Ok(())
@@ -824,157 +827,6 @@ impl Drop for Open<'_> {
     }
 }
 
-/// The protocol a request-mode connection speaks, once its first byte
-/// told.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Proto {
-    Unknown,
-    Text,
-    Binary,
-}
-
-/// What a connection keeps between requests in request mode: its counters
-/// and `stats conns` entry (released when it drops), and its protocol. No
-/// buffer: about a hundred bytes.
-#[derive(Debug)]
-pub struct Session {
-    ctx: Arc<Ctx>,
-    id: (u64, u64),
-    stat: Arc<ConnStat>,
-    proto: Proto,
-}
-
-impl Session {
-    /// A new connection, listed by `stats conns` under `id` (its socket
-    /// number) with its peer address.
-    pub fn new(ctx: Arc<Ctx>, id: u64, peer: String) -> Session {
-        ctx.curr_conns.fetch_add(1, Ordering::Relaxed);
-        ctx.total_conns.add(1);
-        let (id, stat) = ctx.conns.insert(id, peer, ctx.store.now());
-        Session {
-            ctx,
-            id,
-            stat,
-            proto: Proto::Unknown,
-        }
-    }
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        self.ctx.curr_conns.fetch_sub(1, Ordering::Relaxed);
-        self.ctx.conns.remove(self.id);
-    }
-}
-
-/// Input and output buffers a worker's request-mode turns pass on to one
-/// another, as memcached keeps a per-thread cache of read buffers: a turn
-/// takes a pair and gives it back, so a request neither zeroes its input
-/// buffer again (it stays initialised) nor allocates and frees its 4 KiB
-/// output buffer, which glibc serves under the arena lock.
-#[derive(Default)]
-struct Spares {
-    pairs: Vec<(Vec<u8>, Vec<u8>)>,
-}
-
-/// Pairs a worker keeps: more are needed only while that many turns wait
-/// for input in the middle of a request at once.
-const SPARES_KEPT: usize = 4;
-/// An output buffer that grew past this (a large multi-get) is not kept.
-const SPARE_OUTPUT_MAX: usize = 64 * 1024;
-
-thread_local! {
-    // Taken and given back in two short calls with no park inside either;
-    // a turn's fiber stays on its worker (request runners are not
-    // stealable), so both calls reach the same worker's cache.
-    static SPARES: std::cell::RefCell<Spares> = std::cell::RefCell::default();
-}
-
-impl Spares {
-    /// A pair for a turn: an input buffer zeroed up to its length (at least
-    /// `FIRST_READ`), and an empty output buffer.
-    fn take() -> (Vec<u8>, Vec<u8>) {
-        SPARES
-            .with(|s| s.borrow_mut().pairs.pop())
-            .unwrap_or_else(|| (vec![0; FIRST_READ], Vec::with_capacity(4096)))
-    }
-
-    /// Gives a turn's pair back (the input buffer at its length, which
-    /// `Conn::into_buffers` has brought back to at most `INPUT_INITIAL`).
-    fn give(mut pair: (Vec<u8>, Vec<u8>)) {
-        if pair.1.capacity() > SPARE_OUTPUT_MAX {
-            pair.1 = Vec::with_capacity(4096);
-        }
-        SPARES.with(|s| {
-            let mut s = s.borrow_mut();
-            if s.pairs.len() < SPARES_KEPT {
-                s.pairs.push(pair);
-            }
-        });
-    }
-}
-
-/// One turn of a request-mode connection: serves the requests that are
-/// readable now, each exactly as [`handle_conn`] would, and returns at the
-/// first request boundary with nothing left buffered (`Next::Idle`: the
-/// connection idles with no fiber and no buffer), or `Next::Close` when the
-/// client quits, hangs up or breaks the protocol. The turn borrows its
-/// buffers from its worker's spares (the request runner's own buffer goes
-/// unused).
-///
-/// # Errors
-///
-/// I/O errors other than the peer going away.
-pub fn handle_request<S: Read + Write>(
-    stream: S,
-    session: &mut Session,
-) -> io::Result<weave::server::Next> {
-    use weave::server::Next;
-    // Borrowed, not cloned: a clone and drop of the shared `Arc` per
-    // request is two atomic writes to one cache line from every worker.
-    let Session {
-        ctx, stat, proto, ..
-    } = session;
-    let ctx: &Ctx = ctx;
-    let mut c = Conn::for_request(stream, ctx, Spares::take());
-    c.stat = Some(stat.clone());
-    let r = (|| {
-        if *proto == Proto::Unknown {
-            if !c.fill(INPUT_INITIAL)? {
-                return Ok(());
-            }
-            *proto = if c.data()[0] == binary::REQ_MAGIC {
-                Proto::Binary
-            } else {
-                Proto::Text
-            };
-        }
-        match *proto {
-            Proto::Binary => binary::serve(&mut c, ctx)?,
-            _ => text::serve(&mut c, ctx)?,
-        }
-        c.flush()
-    })();
-    let idle = c.went_idle;
-    Spares::give(c.into_buffers());
-    match r {
-        Ok(()) if idle => Ok(Next::Idle),
-        Ok(()) => Ok(Next::Close),
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::ConnectionReset
-                    | io::ErrorKind::BrokenPipe
-                    | io::ErrorKind::ConnectionAborted
-                    | io::ErrorKind::UnexpectedEof
-            ) =>
-        {
-            Ok(Next::Close)
-        }
-        Err(e) => Err(e),
-    }
-}
-
 /// Serves one client connection until it closes, quits or sends something
 /// that ends it (a bad binary header, a line that looks like HTTP). The
 /// first byte picks the protocol: 0x80 is a binary request, anything else
@@ -1026,20 +878,25 @@ pub fn handle_conn_from<S: Read + Write>(
         c.flush()
     })();
     match r {
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::ConnectionReset
-                    | io::ErrorKind::BrokenPipe
-                    | io::ErrorKind::ConnectionAborted
-                    | io::ErrorKind::UnexpectedEof
-            ) =>
-        {
-            Ok(())
-        }
+        Err(e) if peer_gone(&e) => Ok(()),
         r => r,
     }
 }
+
+/// Whether `e` only says the client went away (reset, hung up, closed
+/// mid-request): the connection ends quietly, not with an error.
+fn peer_gone(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::UnexpectedEof
+    )
+}
+
+mod request;
+pub use request::{handle_request, Session};
 
 /// An in-memory client for protocol tests: reads come from a script (in
 /// chunks of a chosen size, to exercise split requests), writes are kept.

@@ -1,4 +1,5 @@
 use super::mock::*;
+use super::request::SPARES;
 use super::*;
 
 #[test]
