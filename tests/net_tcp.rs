@@ -104,6 +104,81 @@ fn stress_1000_connections_echo_1mib_each() {
     assert_eq!(verified.load(Ordering::SeqCst), CONNS);
 }
 
+/// Four fibers read one socket at once, spread over two workers: one waits
+/// in the socket's lock-free slot, the others in its locked list. Every byte
+/// is read exactly once, and the hang-up at the end wakes every reader (a
+/// reader whose wakeup was lost would never see it, and the watchdog
+/// fails the round). Many rounds, each with bursts the readers park
+/// between.
+#[test]
+fn stress_four_readers_share_one_socket_across_workers() {
+    const ROUNDS: u64 = 30;
+    const READERS: usize = 4;
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = rt(2);
+        for round in 0..ROUNDS {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            // The client: a plain thread writing bursts with pauses, so
+            // the readers park and are woken many times.
+            let client = std::thread::spawn(move || {
+                let mut rng = rand::rngs::StdRng::seed_from_u64(round);
+                let mut c = std::net::TcpStream::connect(addr).unwrap();
+                let (mut sent, mut sum) = (0u64, 0u64);
+                for _ in 0..40 {
+                    let n = rng.gen_range(1..4096);
+                    let burst: Vec<u8> = (0..n).map(|_| rng.gen()).collect();
+                    c.write_all(&burst).unwrap();
+                    sent += n as u64;
+                    sum += burst.iter().map(|&b| b as u64).sum::<u64>();
+                    std::thread::sleep(Duration::from_micros(rng.gen_range(0..500)));
+                }
+                (sent, sum)
+            });
+            let (read, sum) = rt.block_on(move || {
+                let (conn, _) = listener.accept().unwrap();
+                let conn = Arc::new(conn);
+                let readers: Vec<_> = (0..READERS)
+                    .map(|_| {
+                        let conn = conn.clone();
+                        weave::spawn(move || {
+                            let (mut read, mut sum) = (0u64, 0u64);
+                            let mut buf = [0u8; 97];
+                            loop {
+                                match (&*conn).read(&mut buf) {
+                                    Ok(0) => return (read, sum),
+                                    Ok(n) => {
+                                        read += n as u64;
+                                        sum += buf[..n].iter().map(|&b| b as u64).sum::<u64>();
+                                        // Let the others take turns.
+                                        weave::yield_now();
+                                    }
+                                    Err(e) => panic!("read failed: {e}"),
+                                }
+                            }
+                        })
+                    })
+                    .collect();
+                readers
+                    .into_iter()
+                    .map(|r| r.join().unwrap())
+                    .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+            });
+            let (sent, sent_sum) = client.join().unwrap();
+            assert_eq!(
+                (read, sum),
+                (sent, sent_sum),
+                "round {round}: bytes lost or read twice"
+            );
+        }
+        done_tx.send(()).unwrap();
+    });
+    if done_rx.recv_timeout(Duration::from_secs(120)).is_err() {
+        panic!("a reader never woke: a wakeup was lost");
+    }
+}
+
 #[test]
 fn full_duplex_100_mib_on_one_socket() {
     const TOTAL: usize = 100 << 20;

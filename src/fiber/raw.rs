@@ -357,6 +357,25 @@ impl FiberRef {
         r
     }
 
+    /// Gives up the reference for the header's address, which owns its
+    /// count until [`from_raw`](Self::from_raw) takes it back.
+    #[inline]
+    pub(crate) fn into_raw(self) -> *const RawFiber {
+        ManuallyDrop::new(self).as_ptr()
+    }
+
+    /// Takes back a reference given up by [`into_raw`](Self::into_raw).
+    ///
+    /// # Safety
+    ///
+    /// `fiber` came from `into_raw`, and is taken back only once.
+    #[inline]
+    pub(crate) unsafe fn from_raw(fiber: *const RawFiber) -> FiberRef {
+        // SAFETY: `into_raw` gave a live header's address, which is not null;
+        // the caller takes it back once, so its count is this reference's.
+        FiberRef(unsafe { NonNull::new_unchecked(fiber.cast_mut()) })
+    }
+
     /// A `FiberRef` to `fiber` that owns no count (cloning it takes one as
     /// usual).
     ///
@@ -407,12 +426,6 @@ impl FiberRef {
     pub(crate) fn abandon(&self) -> bool {
         // SAFETY: the vtable was made for this allocation's tail.
         unsafe { (self.vtable.abandon)(self.as_ptr()) }
-    }
-
-    /// True when both refer to the same fiber.
-    #[inline]
-    pub(crate) fn ptr_eq(a: &FiberRef, b: &FiberRef) -> bool {
-        a.0 == b.0
     }
 
     /// Gives the fiber a token, requeueing it if it was parked.

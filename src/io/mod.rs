@@ -26,10 +26,11 @@
 //! urgent mark with data still queued. Nothing in weave sends or expects
 //! urgent data.)
 //!
-//! Waiting is a check under the registration's lock: if the bit is still
-//! clear, the fiber adds itself to the waiter list and parks. The poller sets
-//! the bit *before* taking the same lock to wake the list. Either the poller
-//! sees the waiter, or the waiter sees the bit.
+//! Waiting publishes the fiber, then checks the bit; the poller sets the
+//! bit, then looks for waiters. Either the poller sees the waiter, or the
+//! waiter sees the bit. The common case, one waiter per direction, takes no
+//! lock: each direction has a lock-free slot (see [`waiters`], which the
+//! loom model in `tests/loom_park` checks).
 //!
 //! Readers and writers wait on separate lists, so one fiber can read a socket
 //! while another writes it.
@@ -60,22 +61,24 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Instant;
 
 use once_cell::sync::OnceCell;
 
 use crate::fiber::raw::FiberRef;
 use crate::runtime::{context, Shared};
+use waiters::{Waiter, Waiters, HUP, READ, WRITE};
 
-/// Read readiness (also set on hang-up and error).
-const READ: usize = 0b001;
-/// Write readiness (also set on hang-up and error).
-const WRITE: usize = 0b010;
-/// A read hang-up or an error was reported; never cleared.
-const HUP: usize = 0b100;
-const TICK_SHIFT: u32 = 3;
+mod waiters;
+
+/// What `waiters` is built on: std's atomics and mutex here, loom's in the
+/// model crate `tests/loom_park`.
+mod waiters_sync {
+    pub(crate) use std::sync::atomic::{AtomicUsize, Ordering};
+    pub(crate) use std::sync::{Mutex, MutexGuard};
+}
 
 /// The direction an operation waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,51 +103,6 @@ impl Direction {
     }
 }
 
-/// Waiting fibers of one direction. Almost always zero or one, so the
-/// rest are boxed: every registered socket carries two of these.
-#[derive(Default)]
-struct WaitList {
-    first: Option<FiberRef>,
-    // A box around the vector on purpose: 8 bytes in every registered
-    // socket instead of 24, for a list that is almost always empty.
-    #[allow(clippy::box_collection)]
-    rest: Option<Box<Vec<FiberRef>>>,
-}
-
-impl WaitList {
-    fn add(&mut self, f: &FiberRef) {
-        let present = |w: &FiberRef| FiberRef::ptr_eq(w, f);
-        let in_rest = self.rest.as_ref().is_some_and(|r| r.iter().any(present));
-        if self.first.as_ref().is_some_and(present) || in_rest {
-            return;
-        }
-        if self.first.is_none() {
-            self.first = Some(f.clone());
-        } else {
-            self.rest.get_or_insert_with(Box::default).push(f.clone());
-        }
-    }
-
-    fn remove(&mut self, f: &FiberRef) {
-        if self.first.as_ref().is_some_and(|w| FiberRef::ptr_eq(w, f)) {
-            self.first = self.rest.as_mut().and_then(|r| r.pop());
-        } else if let Some(r) = &mut self.rest {
-            r.retain(|w| !FiberRef::ptr_eq(w, f));
-        }
-    }
-
-    fn wake_all(&mut self) {
-        if let Some(f) = self.first.take() {
-            f.unpark_owned();
-        }
-        if let Some(rest) = &mut self.rest {
-            for f in rest.drain(..) {
-                f.unpark_owned();
-            }
-        }
-    }
-}
-
 /// Told, once, that a socket it watches turned readable (see
 /// [`IoSource::on_readable`]): the server's request mode, for its idle
 /// connections.
@@ -154,23 +112,27 @@ pub(crate) trait ReadHook: Send + Sync {
     fn readable(&self, token: u64);
 }
 
-/// A hook and its token, held by a socket's waiter lists.
+/// A hook and its token, held by a socket's waiters.
 type HookRef = (std::sync::Weak<dyn ReadHook>, u64);
 
-#[derive(Default)]
-struct Waiters {
-    readers: WaitList,
-    writers: WaitList,
-    on_read: Option<HookRef>,
+impl Waiter for FiberRef {
+    fn into_raw(self) -> usize {
+        FiberRef::into_raw(self) as usize
+    }
+
+    unsafe fn from_raw(raw: usize) -> FiberRef {
+        // SAFETY: passed on from the caller: `raw` came from `into_raw`.
+        unsafe { FiberRef::from_raw(raw as *const _) }
+    }
+
+    fn raw(&self) -> usize {
+        self.as_ptr() as usize
+    }
 }
 
 /// Readiness and waiters of one registered socket.
 #[derive(Default)]
-pub(crate) struct ScheduledIo {
-    /// Ready bits (`READ`, `WRITE`) in the low bits, event tick above.
-    readiness: AtomicUsize,
-    waiters: Mutex<Waiters>,
-}
+pub(crate) struct ScheduledIo(Waiters<FiberRef, HookRef>);
 
 impl ScheduledIo {
     /// Called by the poller's worker for each event.
@@ -188,22 +150,7 @@ impl ScheduledIo {
         if event.is_read_closed() || event.is_error() {
             ready |= HUP;
         }
-        let _ = self
-            .readiness
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
-                let tick = (v >> TICK_SHIFT).wrapping_add(1);
-                Some((tick << TICK_SHIFT) | (v & (READ | WRITE | HUP)) | ready)
-            });
-        let mut w = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
-        let mut hook = None;
-        if ready & READ != 0 {
-            w.readers.wake_all();
-            hook = w.on_read.take();
-        }
-        if ready & WRITE != 0 {
-            w.writers.wake_all();
-        }
-        drop(w);
+        let hook = self.0.set(ready, FiberRef::unpark_owned);
         if let Some(hook) = hook.and_then(|(h, token)| Some((h.upgrade()?, token))) {
             // The hook is the server's code, run on the worker's own stack:
             // nothing it does may unwind into the worker loop.
@@ -217,38 +164,21 @@ impl ScheduledIo {
 
     /// Clears `dir`'s bit if no event arrived since `snapshot` was read.
     fn clear(&self, dir: Direction, snapshot: usize) {
-        let _ = self.readiness.compare_exchange(
-            snapshot,
-            snapshot & !dir.bit(),
-            Ordering::AcqRel,
-            Ordering::Relaxed,
-        );
+        self.0.clear(dir.bit(), snapshot);
     }
 
     fn is_ready(&self, dir: Direction) -> bool {
-        self.readiness.load(Ordering::Acquire) & dir.bit() != 0
+        self.0.load() & dir.bit() != 0
     }
 
     /// Adds `fiber` to `dir`'s waiters unless the bit is already set.
     /// Returns whether the caller should park.
     fn add_waiter(&self, dir: Direction, fiber: &FiberRef) -> bool {
-        let mut w = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
-        if self.is_ready(dir) {
-            return false;
-        }
-        match dir {
-            Direction::Read => w.readers.add(fiber),
-            Direction::Write => w.writers.add(fiber),
-        }
-        true
+        self.0.add(dir.bit(), fiber)
     }
 
     fn remove_waiter(&self, dir: Direction, fiber: &FiberRef) {
-        let mut w = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
-        match dir {
-            Direction::Read => w.readers.remove(fiber),
-            Direction::Write => w.writers.remove(fiber),
-        }
+        self.0.remove(dir.bit(), fiber);
     }
 }
 
@@ -309,7 +239,7 @@ impl<S: mio::event::Source + AsRawFd> IoSource<S> {
     /// in the kernel (the worker polls between fiber runs, at the latest
     /// every few dozen) is not seen yet.
     pub(crate) fn read_hint(&self) -> Option<bool> {
-        let v = self.reg.get()?.io.readiness.load(Ordering::Acquire);
+        let v = self.reg.get()?.io.0.load();
         Some(v & (READ | HUP) != 0)
     }
 
@@ -337,12 +267,7 @@ impl<S: mio::event::Source + AsRawFd> IoSource<S> {
             Ok(r) if !r.poller_gone() => r,
             _ => return false,
         };
-        let mut w = reg.io.waiters.lock().unwrap_or_else(|e| e.into_inner());
-        if reg.io.readiness.load(Ordering::Acquire) & (READ | HUP) != 0 {
-            return false;
-        }
-        w.on_read = Some((hook, token));
-        true
+        reg.io.0.set_hook((hook, token))
     }
 
     /// Asks the kernel, with a zero-timeout `poll(2)`, whether input,
@@ -452,7 +377,7 @@ impl<S: mio::event::Source + AsRawFd> IoSource<S> {
     ) -> io::Result<(R, usize)> {
         loop {
             let reg = self.reg.get();
-            let snapshot = reg.map_or(0, |r| r.io.readiness.load(Ordering::Acquire));
+            let snapshot = reg.map_or(0, |r| r.io.0.load());
             // A registered socket whose bit is clear would only say
             // `WouldBlock`: skip the system call and wait right away. Not
             // when the caller waits in poll(2), though: no poller sets the
@@ -565,7 +490,7 @@ impl<S: mio::event::Source + AsRawFd> IoSource<S> {
                 .then(|| self.registration().ok())
                 .flatten()
         });
-        let snapshot = reg.map_or(0, |r| r.io.readiness.load(Ordering::Acquire));
+        let snapshot = reg.map_or(0, |r| r.io.0.load());
         if dir == Direction::Read && snapshot & HUP != 0 {
             return Ok(true);
         }
@@ -682,11 +607,7 @@ impl<S: mio::event::Source + AsRawFd> crate::select::imp::Source for IoArm<'_, S
         let Ok(reg) = self.io.registration() else {
             return false;
         };
-        let mut ws = reg.io.waiters.lock().unwrap_or_else(|e| e.into_inner());
-        match self.dir {
-            Direction::Read => ws.readers.add(f),
-            Direction::Write => ws.writers.add(f),
-        }
+        reg.io.0.watch(self.dir.bit(), f);
         true
     }
     fn unwatch(&self, w: &crate::select::imp::Watcher) {

@@ -29,6 +29,12 @@
 //! second unparker's token without acquiring its writes). Both are
 //! read-modify-writes now.
 //!
+//! `waiters_model` checks a socket's readiness word and waiter slots
+//! (`src/io/waiters.rs`, compiled here against loom's atomics and mutex the
+//! same way) with these fibers as the waiters: no wakeup lost between a
+//! waiter and the poller, through the lock-free slot or the locked list, and
+//! no fiber count left over or released twice.
+//!
 //! Run with `cargo test --release --manifest-path tests/loom_park/Cargo.toml`
 //! (no `--cfg loom` needed; `LOOM_MAX_PREEMPTIONS` bounds the search if set).
 
@@ -42,8 +48,23 @@ mod state_atomic {
 #[path = "../../../src/fiber/state.rs"]
 mod state;
 
+/// The atomics and the mutex `waiters` is written against: loom's here,
+/// std's in weave.
+mod waiters_sync {
+    pub(crate) use loom::sync::atomic::{AtomicUsize, Ordering};
+    pub(crate) use loom::sync::{Mutex, MutexGuard};
+}
+
+/// weave's `src/io/waiters.rs`: a socket's readiness word and waiter slots.
+#[allow(dead_code)]
+#[path = "../../../src/io/waiters.rs"]
+mod waiters;
+
 #[cfg(test)]
-mod tests {
+mod waiters_model;
+
+#[cfg(test)]
+pub(crate) mod tests {
     use crate::state::ParkState;
     use loom::sync::atomic::{AtomicBool, Ordering};
     use loom::sync::{Arc, Condvar, Mutex};
@@ -63,14 +84,14 @@ mod tests {
     }
 
     /// A fiber with its state word and its owner's run queue.
-    struct Fiber {
+    pub(crate) struct Fiber {
         state: ParkState,
         queue: Mutex<Queue>,
         ready: Condvar,
     }
 
     impl Fiber {
-        fn new() -> Arc<Fiber> {
+        pub(crate) fn new() -> Arc<Fiber> {
             Arc::new(Fiber {
                 state: ParkState::new(),
                 queue: Mutex::new(Queue::default()),
@@ -89,7 +110,7 @@ mod tests {
         }
 
         /// `RawFiber::unpark`.
-        fn unpark(&self) {
+        pub(crate) fn unpark(&self) {
             if self.state.unpark() {
                 self.requeue();
             }
@@ -97,7 +118,7 @@ mod tests {
 
         /// `weave::park` on the fiber, with the worker's half of it: returns
         /// once the fiber runs again.
-        fn park(&self) {
+        pub(crate) fn park(&self) {
             if self.state.try_consume_token() {
                 return;
             }
@@ -120,13 +141,13 @@ mod tests {
         }
 
         /// The fiber returned: the worker retires it.
-        fn finish(&self) {
+        pub(crate) fn finish(&self) {
             self.state.mark_done();
         }
 
         /// After every thread joined: each switch-out was followed by exactly
         /// one requeue, and `DONE` is terminal.
-        fn check_end(&self) {
+        pub(crate) fn check_end(&self) {
             {
                 let q = self.queue.lock().unwrap();
                 assert!(!q.queued && !q.switched_out);
