@@ -175,8 +175,19 @@ fn park_deadline(deadline: Option<Instant>) {
     if f.is_null() {
         return park_thread(deadline);
     }
-    // SAFETY: non-null `running()` is the live fiber running on this thread.
-    let fiber = unsafe { &*f };
+    // SAFETY: non-null `running()` is the live fiber running on this thread,
+    // and we run on it.
+    unsafe { park_fiber_until(&*f, deadline) }
+}
+
+/// [`park_until`] for a caller that already holds its running fiber (a
+/// socket wait): saves looking it up again.
+///
+/// # Safety
+///
+/// `fiber` is the fiber running on this thread: the caller runs on it.
+pub(crate) unsafe fn park_fiber_until(fiber: &RawFiber, deadline: Option<Instant>) {
+    let f: *const RawFiber = fiber;
     let scope = cancel::check_fiber(fiber);
     if fiber.try_consume_token() {
         return;
@@ -186,8 +197,8 @@ fn park_deadline(deadline: Option<Instant>) {
         Some(deadline) => {
             let key = context::with_worker(|w| {
                 let w = w.expect("a fiber runs on a worker");
-                // SAFETY: `f` is alive (see above); we take a new strong
-                // reference.
+                // SAFETY: `f` is alive (the caller runs on it); we take a
+                // new strong reference.
                 let me = unsafe { FiberRef::clone_from_ptr(f) };
                 w.add_timer(deadline, me)
             });

@@ -375,14 +375,15 @@ impl<S: mio::event::Source + AsRawFd> IoSource<S> {
         deadline: Option<Instant>,
         mut op: impl FnMut(&S) -> io::Result<R>,
     ) -> io::Result<(R, usize)> {
+        let mut polled = false;
         loop {
             let reg = self.reg.get();
             let snapshot = reg.map_or(0, |r| r.io.0.load());
             // A registered socket whose bit is clear would only say
             // `WouldBlock`: skip the system call and wait right away. Not
-            // when the caller waits in poll(2), though: no poller sets the
-            // bit for it, so it must try the call each time.
-            if reg.is_none() || snapshot & dir.bit() != 0 || self.waits_in_poll(reg) {
+            // after a wait in poll(2), though: no poller sets the bit for
+            // such a wait, so it must try the call each time.
+            if reg.is_none() || snapshot & dir.bit() != 0 || polled {
                 match op(&self.source) {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         if let Some(r) = reg {
@@ -393,21 +394,17 @@ impl<S: mio::event::Source + AsRawFd> IoSource<S> {
                     res => return res.map(|r| (r, snapshot)),
                 }
             }
-            self.wait(dir, deadline)?;
+            polled = self.wait(dir, deadline)?;
         }
     }
 
-    /// True when a wait for this socket blocks the calling thread in
-    /// poll(2) instead of parking a fiber: on a plain thread, or when the
-    /// worker the socket is registered with has left (its runtime was
-    /// dropped; its poller reports nothing any more, so the socket lives on
-    /// in plain blocking mode, as on a plain thread).
-    fn waits_in_poll(&self, reg: Option<&Registration>) -> bool {
-        reg.is_some_and(Registration::poller_gone) || !context::in_fiber()
-    }
-
-    /// Waits once for readiness in `dir` (or a spurious wakeup).
-    fn wait(&self, dir: Direction, deadline: Option<Instant>) -> io::Result<()> {
+    /// Waits once for readiness in `dir` (or a spurious wakeup). Returns
+    /// true when it blocked the thread in poll(2) instead of parking a
+    /// fiber: on a plain thread, or when the worker the socket is
+    /// registered with has left (its runtime was dropped; its poller reports
+    /// nothing any more, so the socket lives on in plain blocking mode, as
+    /// on a plain thread).
+    fn wait(&self, dir: Direction, deadline: Option<Instant>) -> io::Result<bool> {
         if let Some(d) = deadline {
             if Instant::now() >= d {
                 return Err(io::Error::new(
@@ -419,9 +416,9 @@ impl<S: mio::event::Source + AsRawFd> IoSource<S> {
         // SAFETY: `current` lives in this frame only, on the fiber it
         // borrows (or on a plain thread, where it is `None`).
         let current = unsafe { context::current_fiber_borrowed() };
-        let fiber: &FiberRef = match &current {
-            Some(f) if !self.waits_in_poll(self.reg.get()) => f,
-            _ => {
+        let (fiber, runtime) = match current {
+            Some(here) if !self.reg.get().is_some_and(Registration::poller_gone) => here,
+            current => {
                 // A plain thread, or a socket whose runtime is gone: block
                 // the thread in poll(2), bounded by the caller's scoped
                 // deadline (a `timeout` around this call). On a fiber of
@@ -429,7 +426,7 @@ impl<S: mio::event::Source + AsRawFd> IoSource<S> {
                 // wait.
                 let scope = match &current {
                     None => crate::fiber::cancel::check_thread(),
-                    Some(f) => crate::fiber::cancel::check_fiber(f),
+                    Some((f, _)) => crate::fiber::cancel::check_fiber(f),
                 };
                 let until = match (deadline, scope) {
                     (Some(a), Some(b)) => Some(a.min(b)),
@@ -437,17 +434,15 @@ impl<S: mio::event::Source + AsRawFd> IoSource<S> {
                 };
                 let timeout = until.map(|d| d.saturating_duration_since(Instant::now()));
                 crate::sys::poll_fd(self.raw_fd(), dir.poll_events(), timeout)?;
-                return Ok(());
+                return Ok(true);
             }
         };
+        let reg = self.registration()?;
         // Events for a socket registered with another runtime come from that
         // runtime's poller, which may leave meanwhile without waking anyone:
         // such a wait looks again now and then.
-        let foreign = self.reg.get().is_some_and(|r| {
-            context::with_worker(|w| w.is_some_and(|w| !Arc::ptr_eq(&r.shared, &w.shared)))
-        });
-        let reg = self.registration()?;
-        if reg.io.add_waiter(dir, fiber) {
+        let foreign = !std::ptr::eq(Arc::as_ptr(&reg.shared), runtime);
+        if reg.io.add_waiter(dir, &fiber) {
             /// Withdraws the fiber from the waiter list if the park unwinds
             /// (cancellation, an expired `timeout`).
             struct Withdraw<'a>(&'a ScheduledIo, Direction, &'a FiberRef);
@@ -463,11 +458,12 @@ impl<S: mio::event::Source + AsRawFd> IoSource<S> {
                     Some(d.map_or(check, |d| d.min(check)))
                 }
             };
-            let withdraw = Withdraw(&reg.io, dir, fiber);
-            crate::fiber::park_until(until);
+            let withdraw = Withdraw(&reg.io, dir, &fiber);
+            // SAFETY: `fiber` is the fiber running on this thread: we run on it.
+            unsafe { crate::fiber::park_fiber_until(&fiber, until) };
             std::mem::forget(withdraw);
             if until.is_some_and(|d| Instant::now() >= d) && !reg.io.is_ready(dir) {
-                reg.io.remove_waiter(dir, fiber);
+                reg.io.remove_waiter(dir, &fiber);
                 if deadline.is_some_and(|d| Instant::now() >= d) {
                     return Err(io::Error::new(
                         io::ErrorKind::TimedOut,
@@ -476,7 +472,7 @@ impl<S: mio::event::Source + AsRawFd> IoSource<S> {
                 }
             }
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Whether the socket is ready in `dir` now, asking the kernel with a

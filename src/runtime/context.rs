@@ -17,8 +17,10 @@
 
 use std::cell::Cell;
 use std::ptr;
+use std::sync::Arc;
 
 use super::worker::Worker;
+use super::Shared;
 use crate::fiber::raw::{BorrowedFiberRef, FiberRef};
 
 thread_local! {
@@ -49,23 +51,27 @@ pub(crate) fn current_fiber() -> Option<FiberRef> {
     })
 }
 
-/// The fiber running on this thread, if any, borrowed: no count is taken
-/// or dropped (a count per call is two atomic writes to the fiber's
-/// record).
+/// The fiber running on this thread, if any, borrowed, with the runtime its
+/// worker belongs to (for comparisons only). No count is taken or dropped
+/// (a count per call is two atomic writes to the fiber's record).
 ///
 /// # Safety
 ///
-/// The result is used only by code running on that fiber, which keeps the
+/// The fiber is used only by code running on that fiber, which keeps the
 /// fiber's record alive: the record owns the stack that code runs on.
-pub(crate) unsafe fn current_fiber_borrowed() -> Option<BorrowedFiberRef> {
+pub(crate) unsafe fn current_fiber_borrowed() -> Option<(BorrowedFiberRef, *const Shared)> {
     with_worker(|w| {
-        let p = w?.current.get();
+        let w = w?;
+        let p = w.current.get();
         if p.is_null() {
             return None;
         }
         // SAFETY: a non-null `current` is the fiber running on this thread;
         // the caller uses the result only while running on it.
-        Some(unsafe { FiberRef::borrow_from_ptr(p) })
+        Some((
+            unsafe { FiberRef::borrow_from_ptr(p) },
+            Arc::as_ptr(&w.shared),
+        ))
     })
 }
 

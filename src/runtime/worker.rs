@@ -70,6 +70,9 @@ pub(crate) struct Worker {
     spin_score: Cell<u32>,
     /// Sleeps without a watch since the score fell to zero.
     spin_skipped: Cell<u32>,
+    /// The coarse clock when the last fiber run or I/O poll ended: the next
+    /// run's start, for the hog check (one clock read per run, not two).
+    clock: Cell<Duration>,
 }
 
 /// Entry point of a worker thread.
@@ -95,6 +98,7 @@ pub(crate) fn run(
         rng: Cell::new((index as u32).wrapping_mul(0x9E37_79B9) | 1),
         spin_score: Cell::new(SPIN_SCORE_MAX),
         spin_skipped: Cell::new(0),
+        clock: Cell::new(crate::sys::coarse_now()),
     };
     let _altstack = overflow::AltStack::ensure();
     let _enter = context::enter(&worker);
@@ -337,6 +341,7 @@ impl Worker {
         }
         drop(events);
         self.release_io();
+        self.clock.set(crate::sys::coarse_now());
     }
 
     fn release_io(&self) {
@@ -421,12 +426,16 @@ impl Worker {
         }
         self.current.set(fiber.as_ptr());
         overflow::set_current(&fiber);
-        let started = crate::sys::coarse_now();
+        // Since the last run or poll ended the worker only picked this
+        // fiber (no waiting: a sleep ends in `poll_io`), so that is its start.
+        let started = self.clock.get();
         // The fiber's root catches every panic (see `start`); should one
         // still escape, corosensei re-raises it here, with the coroutine
         // finished, and the fiber ends like any other.
         let result = panic::catch_unwind(AssertUnwindSafe(|| co.resume(())));
-        let ran = crate::sys::coarse_now().saturating_sub(started);
+        let now = crate::sys::coarse_now();
+        self.clock.set(now);
+        let ran = now.saturating_sub(started);
         overflow::set_current_null();
         self.current.set(std::ptr::null());
         #[cfg(debug_assertions)]
