@@ -111,57 +111,46 @@ fn one_reader_is_never_lost() {
     });
 }
 
+/// Two fibers wait on one socket, one on this thread for `a_bit` and one on
+/// another for `b_bit`, each for its own "kernel" flag unless `same_data`;
+/// one event reports both bits. Both must be woken.
+fn two_waiters(a_bit: usize, b_bit: usize, same_data: bool) {
+    let io = Arc::new(Io::default());
+    let data_a = Arc::new(AtomicBool::new(false));
+    let data_b = match same_data {
+        true => data_a.clone(),
+        false => Arc::new(AtomicBool::new(false)),
+    };
+    let (a, b) = (Fiber::new(), Fiber::new());
+    let t = event(&io, &[&data_a, &data_b], a_bit | b_bit);
+    let other = {
+        let (io, b, data_b) = (io.clone(), b.clone(), data_b.clone());
+        thread::spawn(move || {
+            wait_for(&io, &b, b_bit, &data_b);
+            b.finish();
+        })
+    };
+    wait_for(&io, &a, a_bit, &data_a);
+    a.finish();
+    t.join().unwrap();
+    other.join().unwrap();
+    a.check_end();
+    b.check_end();
+    check_counts(io, &[&a, &b]);
+}
+
 /// A reader and a writer on one socket, one event for both: each is
 /// woken from its own slot.
 #[test]
 fn reader_and_writer_are_both_woken() {
-    model_three(|| {
-        let io = Arc::new(Io::default());
-        let readable = Arc::new(AtomicBool::new(false));
-        let writable = Arc::new(AtomicBool::new(false));
-        let (reader, writer) = (Fiber::new(), Fiber::new());
-        let t = event(&io, &[&readable, &writable], READ | WRITE);
-        let w = {
-            let (io, writer, writable) = (io.clone(), writer.clone(), writable.clone());
-            thread::spawn(move || {
-                wait_for(&io, &writer, WRITE, &writable);
-                writer.finish();
-            })
-        };
-        wait_for(&io, &reader, READ, &readable);
-        reader.finish();
-        t.join().unwrap();
-        w.join().unwrap();
-        reader.check_end();
-        writer.check_end();
-        check_counts(io, &[&reader, &writer]);
-    });
+    model_three(|| two_waiters(READ, WRITE, false));
 }
 
 /// Two readers of one socket: one takes the slot, the other the locked
 /// list; one event wakes both.
 #[test]
 fn a_crowded_reader_is_never_lost() {
-    model_three(|| {
-        let io = Arc::new(Io::default());
-        let data = Arc::new(AtomicBool::new(false));
-        let (a, b) = (Fiber::new(), Fiber::new());
-        let t = event(&io, &[&data], READ);
-        let other = {
-            let (io, b, data) = (io.clone(), b.clone(), data.clone());
-            thread::spawn(move || {
-                wait_for(&io, &b, READ, &data);
-                b.finish();
-            })
-        };
-        wait_for(&io, &a, READ, &data);
-        a.finish();
-        t.join().unwrap();
-        other.join().unwrap();
-        a.check_end();
-        b.check_end();
-        check_counts(io, &[&a, &b]);
-    });
+    model_three(|| two_waiters(READ, READ, true));
 }
 
 /// A waiter that withdraws (its timeout expired) while the poller wakes
