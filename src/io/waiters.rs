@@ -207,92 +207,97 @@ impl<W: Waiter, H> Waiters<W, H> {
         if self.word.load(Ordering::Acquire) & bit != 0 {
             return false;
         }
-        let slot = &self.slots[slot_of(bit)];
-        let raw = w.raw();
-        let owned = w.clone().into_raw();
-        match slot.compare_exchange(0, owned, Ordering::AcqRel, Ordering::Relaxed) {
-            Ok(_) => {}
-            Err(occupant) => {
-                // SAFETY: `owned` came from `into_raw` just above and was
-                // not stored.
-                drop(unsafe { W::from_raw(owned) });
-                if occupant != raw {
-                    return self.add_crowded(bit, w);
-                }
-                // Still there from an earlier wait that ended otherwise (a
-                // timer, another unpark): the slot's count stands.
-            }
+        if !self.fill_slot(bit, w) {
+            return self.add_crowded(bit, w);
         }
         if self.word.load(Ordering::Acquire) & bit == 0 {
             return true;
         }
         // Ready meanwhile. Take the handle back, unless the poller has
         // taken it: then its wakeup is on the way, and parking consumes it.
-        if slot
+        !self.empty_slot(bit, w)
+    }
+
+    /// Puts `w` in `bit`'s slot, with a count of its own, if the slot is
+    /// empty. Returns whether `w` is in the slot now: true as well when it
+    /// still is from an earlier wait that ended otherwise (a timer, another
+    /// unpark; the slot's count stands), false when another waiter holds it.
+    fn fill_slot(&self, bit: usize, w: &W) -> bool {
+        let owned = w.clone().into_raw();
+        match self.slots[slot_of(bit)].compare_exchange(
+            0,
+            owned,
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        ) {
+            Ok(_) => true,
+            Err(occupant) => {
+                // SAFETY: `owned` came from `into_raw` just above and was
+                // not stored.
+                drop(unsafe { W::from_raw(owned) });
+                occupant == w.raw()
+            }
+        }
+    }
+
+    /// Takes `w` out of `bit`'s slot, releasing the slot's count, if it is
+    /// there. Returns whether it was.
+    fn empty_slot(&self, bit: usize, w: &W) -> bool {
+        let raw = w.raw();
+        let taken = self.slots[slot_of(bit)]
             .compare_exchange(raw, 0, Ordering::AcqRel, Ordering::Relaxed)
-            .is_ok()
-        {
+            .is_ok();
+        if taken {
             // SAFETY: the CAS took the slot's word, stored from `into_raw`.
             drop(unsafe { W::from_raw(raw) });
-            return false;
         }
-        true
+        taken
+    }
+
+    /// Adds `w` to `bit`'s locked list (the caller holds `rest`) unless it
+    /// is there already, and sets `CROWDED`; returns the word as it was.
+    fn push_crowded(&self, rest: &mut Rest<W, H>, bit: usize, w: &W) -> usize {
+        let list = &mut rest.lists.get_or_insert_with(Box::default)[slot_of(bit)];
+        if !list.iter().any(|x| x.raw() == w.raw()) {
+            list.push(w.clone());
+        }
+        self.crowd()
     }
 
     /// [`add`](Self::add) when the slot holds another waiter.
     fn add_crowded(&self, bit: usize, w: &W) -> bool {
         let mut rest = self.lock();
-        let list = &mut rest.lists.get_or_insert_with(Box::default)[slot_of(bit)];
-        if !list.iter().any(|x| x.raw() == w.raw()) {
-            list.push(w.clone());
-        }
-        if self.crowd() & bit == 0 {
+        if self.push_crowded(&mut rest, bit, w) & bit == 0 {
             return true;
         }
-        list.retain(|x| x.raw() != w.raw());
-        self.uncrowd(&rest);
+        self.pull_crowded(&mut rest, bit, w);
         false
+    }
+
+    /// Takes `w` out of `bit`'s locked list (the caller holds `rest`), and
+    /// clears `CROWDED` if nothing is left there.
+    fn pull_crowded(&self, rest: &mut Rest<W, H>, bit: usize, w: &W) {
+        if let Some(lists) = &mut rest.lists {
+            lists[slot_of(bit)].retain(|x| x.raw() != w.raw());
+        }
+        self.uncrowd(rest);
     }
 
     /// Adds `w` to `bit`'s waiters whatever the word says: for a caller that
     /// asks the kernel itself after watching (a [`Select`](crate::Select)).
     pub(crate) fn watch(&self, bit: usize, w: &W) {
-        let owned = w.clone().into_raw();
-        let slot = &self.slots[slot_of(bit)];
-        if let Err(occupant) = slot.compare_exchange(0, owned, Ordering::AcqRel, Ordering::Relaxed)
-        {
-            // SAFETY: `owned` came from `into_raw` just above and was not
-            // stored.
-            drop(unsafe { W::from_raw(owned) });
-            if occupant != w.raw() {
-                let mut rest = self.lock();
-                let list = &mut rest.lists.get_or_insert_with(Box::default)[slot_of(bit)];
-                if !list.iter().any(|x| x.raw() == w.raw()) {
-                    list.push(w.clone());
-                }
-                self.crowd();
-            }
+        if !self.fill_slot(bit, w) {
+            self.push_crowded(&mut self.lock(), bit, w);
         }
     }
 
     /// Withdraws `w` from `bit`'s waiters, wherever it is.
     pub(crate) fn remove(&self, bit: usize, w: &W) {
-        let raw = w.raw();
-        if self.slots[slot_of(bit)]
-            .compare_exchange(raw, 0, Ordering::AcqRel, Ordering::Relaxed)
-            .is_ok()
-        {
-            // SAFETY: the CAS took the slot's word, stored from `into_raw`.
-            drop(unsafe { W::from_raw(raw) });
-        }
+        self.empty_slot(bit, w);
         // Only the caller puts `w` in the list, so it sees `CROWDED` if `w`
         // may be there.
         if self.word.load(Ordering::Acquire) & CROWDED != 0 {
-            let mut rest = self.lock();
-            if let Some(lists) = &mut rest.lists {
-                lists[slot_of(bit)].retain(|x| x.raw() != raw);
-            }
-            self.uncrowd(&rest);
+            self.pull_crowded(&mut self.lock(), bit, w);
         }
     }
 
