@@ -73,6 +73,8 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::io::Direction;
+
 /// Implements `Read` and `Write` for a stream type and for a shared reference
 /// to it (as std does for `TcpStream` and `&TcpStream`), forwarding to the
 /// type's `read_inner`, `read_vectored_inner`, `write_inner` and
@@ -185,15 +187,26 @@ macro_rules! impl_fd {
 }
 pub(crate) use impl_fd;
 
-/// An optional timeout stored in an atomic (nanoseconds, 0 = none), so a
-/// socket shared by reference between fibers can change it. Clones made with
-/// [`share`](Self::share) see one value, as duplicated descriptors share
-/// `SO_RCVTIMEO` in std.
+/// A socket's read and write timeouts, each stored in an atomic
+/// (nanoseconds, 0 = none), so a socket shared by reference between fibers
+/// can change them. Clones made with [`share`](Self::share) see the same
+/// values, as duplicated descriptors share `SO_RCVTIMEO` in std. Both live
+/// in one allocation: every read and every write looks its timeout up, and
+/// one cache line per connection is cheaper than two.
 #[derive(Debug, Default)]
-pub(crate) struct AtomicTimeout(std::sync::Arc<AtomicU64>);
+pub(crate) struct Timeouts(std::sync::Arc<[AtomicU64; 2]>);
 
-impl AtomicTimeout {
-    pub(crate) fn set(&self, d: Option<Duration>) -> io::Result<()> {
+impl Timeouts {
+    fn cell(&self, dir: Direction) -> &AtomicU64 {
+        match dir {
+            Direction::Read => &self.0[0],
+            Direction::Write => &self.0[1],
+        }
+    }
+
+    /// Sets `dir`'s timeout; a zero duration is an `InvalidInput` error,
+    /// as in std.
+    pub(crate) fn set(&self, dir: Direction, d: Option<Duration>) -> io::Result<()> {
         let nanos = match d {
             None => 0,
             Some(d) if d.is_zero() => {
@@ -204,25 +217,26 @@ impl AtomicTimeout {
             }
             Some(d) => d.as_nanos().min(u64::MAX as u128) as u64,
         };
-        self.0.store(nanos, Ordering::Relaxed);
+        self.cell(dir).store(nanos, Ordering::Relaxed);
         Ok(())
     }
 
-    /// The same timeout, for a clone of the socket.
-    pub(crate) fn share(&self) -> AtomicTimeout {
-        AtomicTimeout(self.0.clone())
+    /// The same timeouts, for a clone of the socket.
+    pub(crate) fn share(&self) -> Timeouts {
+        Timeouts(self.0.clone())
     }
 
-    pub(crate) fn get(&self) -> Option<Duration> {
-        match self.0.load(Ordering::Relaxed) {
+    /// `dir`'s timeout.
+    pub(crate) fn get(&self, dir: Direction) -> Option<Duration> {
+        match self.cell(dir).load(Ordering::Relaxed) {
             0 => None,
             n => Some(Duration::from_nanos(n)),
         }
     }
 
-    /// The deadline for an operation starting now.
-    pub(crate) fn deadline(&self) -> Option<Instant> {
-        self.get().and_then(|d| Instant::now().checked_add(d))
+    /// The deadline for an operation in direction `dir` starting now.
+    pub(crate) fn deadline(&self, dir: Direction) -> Option<Instant> {
+        self.get(dir).and_then(|d| Instant::now().checked_add(d))
     }
 }
 

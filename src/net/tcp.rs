@@ -4,7 +4,7 @@ use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
 use std::os::fd::{FromRawFd, IntoRawFd, RawFd};
 use std::time::{Duration, Instant};
 
-use super::{dup_fd, each_addr, first_ok, resolve_offloaded, AtomicTimeout};
+use super::{dup_fd, each_addr, first_ok, resolve_offloaded, Timeouts};
 use crate::io::{Direction, IoSource};
 
 /// A TCP socket server, listening for connections.
@@ -242,8 +242,7 @@ impl Iterator for Incoming<'_> {
 /// for `&TcpStream`.
 pub struct TcpStream {
     io: IoSource<mio::net::TcpStream>,
-    read_timeout: AtomicTimeout,
-    write_timeout: AtomicTimeout,
+    timeouts: Timeouts,
 }
 
 impl fmt::Debug for TcpStream {
@@ -260,8 +259,7 @@ impl TcpStream {
     fn from_mio(s: mio::net::TcpStream) -> TcpStream {
         TcpStream {
             io: IoSource::new(s),
-            read_timeout: AtomicTimeout::default(),
-            write_timeout: AtomicTimeout::default(),
+            timeouts: Timeouts::default(),
         }
     }
 
@@ -387,7 +385,7 @@ impl TcpStream {
     ///
     /// `InvalidInput` for a zero duration, as `std`.
     pub fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        self.read_timeout.set(timeout)
+        self.timeouts.set(Direction::Read, timeout)
     }
 
     /// Sets the write timeout; see [`set_read_timeout`](Self::set_read_timeout).
@@ -396,7 +394,7 @@ impl TcpStream {
     ///
     /// `InvalidInput` for a zero duration, as `std`.
     pub fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        self.write_timeout.set(timeout)
+        self.timeouts.set(Direction::Write, timeout)
     }
 
     /// The read timeout.
@@ -405,7 +403,7 @@ impl TcpStream {
     ///
     /// Never fails; `io::Result` for `std` parity.
     pub fn read_timeout(&self) -> io::Result<Option<Duration>> {
-        Ok(self.read_timeout.get())
+        Ok(self.timeouts.get(Direction::Read))
     }
 
     /// The write timeout.
@@ -414,7 +412,7 @@ impl TcpStream {
     ///
     /// Never fails; `io::Result` for `std` parity.
     pub fn write_timeout(&self) -> io::Result<Option<Duration>> {
-        Ok(self.write_timeout.get())
+        Ok(self.timeouts.get(Direction::Write))
     }
 
     /// Reads what the socket has now (parking until something arrives,
@@ -451,7 +449,8 @@ impl TcpStream {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn read_append(&self, buf: &mut Vec<u8>) -> io::Result<usize> {
-        self.io.read_append(self.read_timeout.deadline(), buf)
+        self.io
+            .read_append(self.timeouts.deadline(Direction::Read), buf)
     }
 
     /// Reads without removing the data from the socket's queue.
@@ -460,10 +459,11 @@ impl TcpStream {
     ///
     /// `recv(2)` errors, or `TimedOut`.
     pub fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
-        self.io
-            .do_io(Direction::Read, self.read_timeout.deadline(), |s| {
-                s.peek(buf)
-            })
+        self.io.do_io(
+            Direction::Read,
+            self.timeouts.deadline(Direction::Read),
+            |s| s.peek(buf),
+        )
     }
 
     /// Takes the pending socket error (`SO_ERROR`).
@@ -489,8 +489,7 @@ impl TcpStream {
         let s = unsafe { mio::net::TcpStream::from_raw_fd(fd.into_raw_fd()) };
         let mut clone = Self::from_mio(s);
         // Shared, as duplicated descriptors share `SO_RCVTIMEO` in std.
-        clone.read_timeout = self.read_timeout.share();
-        clone.write_timeout = self.write_timeout.share();
+        clone.timeouts = self.timeouts.share();
         Ok(clone)
     }
 
@@ -525,26 +524,27 @@ impl TcpStream {
     }
 
     fn read_inner(&self, buf: &mut [u8]) -> io::Result<usize> {
-        self.io.recv(self.read_timeout.deadline(), buf)
+        self.io.recv(self.timeouts.deadline(Direction::Read), buf)
     }
 
     fn read_vectored_inner(&self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
         let want = bufs.iter().map(|b| b.len()).sum();
         self.io
-            .do_read(self.read_timeout.deadline(), want, |mut s| {
+            .do_read(self.timeouts.deadline(Direction::Read), want, |mut s| {
                 s.read_vectored(bufs)
             })
     }
 
     fn write_inner(&self, buf: &[u8]) -> io::Result<usize> {
-        self.io.send(self.write_timeout.deadline(), buf)
+        self.io.send(self.timeouts.deadline(Direction::Write), buf)
     }
 
     fn write_vectored_inner(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        self.io
-            .do_io(Direction::Write, self.write_timeout.deadline(), |mut s| {
-                s.write_vectored(bufs)
-            })
+        self.io.do_io(
+            Direction::Write,
+            self.timeouts.deadline(Direction::Write),
+            |mut s| s.write_vectored(bufs),
+        )
     }
 }
 

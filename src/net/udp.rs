@@ -4,7 +4,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 
 use std::time::Duration;
 
-use super::{each_addr, AtomicTimeout};
+use super::{each_addr, Timeouts};
 use crate::io::{Direction, IoSource};
 
 /// A UDP socket.
@@ -28,8 +28,7 @@ use crate::io::{Direction, IoSource};
 /// ```
 pub struct UdpSocket {
     io: IoSource<mio::net::UdpSocket>,
-    read_timeout: AtomicTimeout,
-    write_timeout: AtomicTimeout,
+    timeouts: Timeouts,
 }
 
 impl fmt::Debug for UdpSocket {
@@ -54,8 +53,7 @@ impl UdpSocket {
     fn from_mio(s: mio::net::UdpSocket) -> UdpSocket {
         UdpSocket {
             io: IoSource::new(s),
-            read_timeout: AtomicTimeout::default(),
-            write_timeout: AtomicTimeout::default(),
+            timeouts: Timeouts::default(),
         }
     }
 
@@ -66,10 +64,11 @@ impl UdpSocket {
     /// `sendto(2)` errors, or `TimedOut`.
     pub fn send_to<A: ToSocketAddrs>(&self, buf: &[u8], target: A) -> io::Result<usize> {
         let target = each_addr(target, |a| Ok(*a))?;
-        self.io
-            .do_io(Direction::Write, self.write_timeout.deadline(), |s| {
-                s.send_to(buf, target)
-            })
+        self.io.do_io(
+            Direction::Write,
+            self.timeouts.deadline(Direction::Write),
+            |s| s.send_to(buf, target),
+        )
     }
 
     /// Receives a datagram and its sender's address.
@@ -78,10 +77,11 @@ impl UdpSocket {
     ///
     /// `recvfrom(2)` errors, or `TimedOut`.
     pub fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        self.io
-            .do_io(Direction::Read, self.read_timeout.deadline(), |s| {
-                s.recv_from(buf)
-            })
+        self.io.do_io(
+            Direction::Read,
+            self.timeouts.deadline(Direction::Read),
+            |s| s.recv_from(buf),
+        )
     }
 
     /// Like [`recv_from`](Self::recv_from), leaving the datagram queued.
@@ -90,10 +90,11 @@ impl UdpSocket {
     ///
     /// As [`recv_from`](Self::recv_from).
     pub fn peek_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        self.io
-            .do_io(Direction::Read, self.read_timeout.deadline(), |s| {
-                s.peek_from(buf)
-            })
+        self.io.do_io(
+            Direction::Read,
+            self.timeouts.deadline(Direction::Read),
+            |s| s.peek_from(buf),
+        )
     }
 
     /// Sets the default peer for [`send`](Self::send) and filters
@@ -113,10 +114,11 @@ impl UdpSocket {
     /// `send(2)` errors (`ConnectionRefused` after an ICMP error), or
     /// `TimedOut`.
     pub fn send(&self, buf: &[u8]) -> io::Result<usize> {
-        self.io
-            .do_io(Direction::Write, self.write_timeout.deadline(), |s| {
-                s.send(buf)
-            })
+        self.io.do_io(
+            Direction::Write,
+            self.timeouts.deadline(Direction::Write),
+            |s| s.send(buf),
+        )
     }
 
     /// Receives from the connected peer.
@@ -125,10 +127,11 @@ impl UdpSocket {
     ///
     /// `recv(2)` errors, or `TimedOut`.
     pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        self.io
-            .do_io(Direction::Read, self.read_timeout.deadline(), |s| {
-                s.recv(buf)
-            })
+        self.io.do_io(
+            Direction::Read,
+            self.timeouts.deadline(Direction::Read),
+            |s| s.recv(buf),
+        )
     }
 
     /// The local address.
@@ -155,7 +158,7 @@ impl UdpSocket {
     ///
     /// `InvalidInput` for a zero duration.
     pub fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        self.read_timeout.set(timeout)
+        self.timeouts.set(Direction::Read, timeout)
     }
 
     /// Sets the send timeout (`None`: wait forever).
@@ -164,7 +167,7 @@ impl UdpSocket {
     ///
     /// `InvalidInput` for a zero duration.
     pub fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        self.write_timeout.set(timeout)
+        self.timeouts.set(Direction::Write, timeout)
     }
 
     /// Sets `SO_BROADCAST`.

@@ -6,7 +6,7 @@ use std::os::unix::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use super::AtomicTimeout;
+use super::Timeouts;
 use crate::io::{Direction, IoSource};
 
 /// A Unix domain socket server.
@@ -94,8 +94,7 @@ super::impl_fd!(
 /// `UnixStream` and `&UnixStream`.
 pub struct UnixStream {
     io: IoSource<mio::net::UnixStream>,
-    read_timeout: AtomicTimeout,
-    write_timeout: AtomicTimeout,
+    timeouts: Timeouts,
 }
 
 impl fmt::Debug for UnixStream {
@@ -110,8 +109,7 @@ impl UnixStream {
     fn from_mio(s: mio::net::UnixStream) -> UnixStream {
         UnixStream {
             io: IoSource::new(s),
-            read_timeout: AtomicTimeout::default(),
-            write_timeout: AtomicTimeout::default(),
+            timeouts: Timeouts::default(),
         }
     }
 
@@ -174,7 +172,7 @@ impl UnixStream {
     ///
     /// `InvalidInput` for a zero duration.
     pub fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        self.read_timeout.set(timeout)
+        self.timeouts.set(Direction::Read, timeout)
     }
 
     /// Sets the write timeout (`None`: wait forever).
@@ -183,7 +181,7 @@ impl UnixStream {
     ///
     /// `InvalidInput` for a zero duration.
     pub fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        self.write_timeout.set(timeout)
+        self.timeouts.set(Direction::Write, timeout)
     }
 
     /// The local address.
@@ -213,11 +211,12 @@ impl UnixStream {
     /// As for `read`: `recv(2)` errors, or `TimedOut` after the read
     /// timeout.
     pub fn read_append(&self, buf: &mut Vec<u8>) -> io::Result<usize> {
-        self.io.read_append(self.read_timeout.deadline(), buf)
+        self.io
+            .read_append(self.timeouts.deadline(Direction::Read), buf)
     }
 
     fn read_inner(&self, buf: &mut [u8]) -> io::Result<usize> {
-        self.io.recv(self.read_timeout.deadline(), buf)
+        self.io.recv(self.timeouts.deadline(Direction::Read), buf)
     }
 
     /// Tells `hook` once when the socket is next readable (see
@@ -237,21 +236,23 @@ impl UnixStream {
     }
 
     fn read_vectored_inner(&self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
-        self.io
-            .do_io(Direction::Read, self.read_timeout.deadline(), |mut s| {
-                s.read_vectored(bufs)
-            })
+        self.io.do_io(
+            Direction::Read,
+            self.timeouts.deadline(Direction::Read),
+            |mut s| s.read_vectored(bufs),
+        )
     }
 
     fn write_inner(&self, buf: &[u8]) -> io::Result<usize> {
-        self.io.send(self.write_timeout.deadline(), buf)
+        self.io.send(self.timeouts.deadline(Direction::Write), buf)
     }
 
     fn write_vectored_inner(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        self.io
-            .do_io(Direction::Write, self.write_timeout.deadline(), |mut s| {
-                s.write_vectored(bufs)
-            })
+        self.io.do_io(
+            Direction::Write,
+            self.timeouts.deadline(Direction::Write),
+            |mut s| s.write_vectored(bufs),
+        )
     }
 }
 
