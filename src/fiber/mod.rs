@@ -187,30 +187,38 @@ fn park_deadline(deadline: Option<Instant>) {
 ///
 /// `fiber` is the fiber running on this thread: the caller runs on it.
 pub(crate) unsafe fn park_fiber_until(fiber: &RawFiber, deadline: Option<Instant>) {
-    let f: *const RawFiber = fiber;
     let scope = cancel::check_fiber(fiber);
     if fiber.try_consume_token() {
         return;
     }
     match earliest(deadline, scope) {
-        None => switch_out(f, Switch::Park),
-        Some(deadline) => {
-            let key = context::with_worker(|w| {
-                let w = w.expect("a fiber runs on a worker");
-                // SAFETY: `f` is alive (the caller runs on it); we take a
-                // new strong reference.
-                let me = unsafe { FiberRef::clone_from_ptr(f) };
-                w.add_timer(deadline, me)
-            });
-            switch_out(f, Switch::Park);
-            context::with_worker(|w| {
-                if let Some(w) = w {
-                    w.cancel_timer(key);
-                }
-            });
-        }
+        None => switch_out(fiber, Switch::Park),
+        Some(deadline) => park_with_timer(fiber, deadline),
     }
     cancel::check_fiber(fiber);
+}
+
+/// The switch of [`park_fiber_until`] with a timer that unparks the fiber
+/// at `deadline`. Kept out of line: its frame would otherwise sit, unused,
+/// between every socket wait and the switch, one more stack line to read
+/// back on each resume.
+#[cold]
+#[inline(never)]
+fn park_with_timer(fiber: &RawFiber, deadline: Instant) {
+    let f: *const RawFiber = fiber;
+    let key = context::with_worker(|w| {
+        let w = w.expect("a fiber runs on a worker");
+        // SAFETY: `f` is alive (the caller runs on it); we take a new strong
+        // reference.
+        let me = unsafe { FiberRef::clone_from_ptr(f) };
+        w.add_timer(deadline, me)
+    });
+    switch_out(f, Switch::Park);
+    context::with_worker(|w| {
+        if let Some(w) = w {
+            w.cancel_timer(key);
+        }
+    });
 }
 
 /// [`park_deadline`] on a plain thread: `std::thread::park`, with the

@@ -182,6 +182,16 @@ impl ScheduledIo {
     }
 }
 
+/// Withdraws a parked fiber from a socket's waiters if its park unwinds
+/// (cancellation, an expired `timeout`).
+struct Withdraw<'a>(&'a ScheduledIo, Direction, &'a FiberRef);
+
+impl Drop for Withdraw<'_> {
+    fn drop(&mut self) {
+        self.0.remove_waiter(self.1, self.2);
+    }
+}
+
 /// A socket's registration with one worker's poller.
 struct Registration {
     io: Arc<ScheduledIo>,
@@ -405,6 +415,37 @@ impl<S: mio::event::Source + AsRawFd> IoSource<S> {
     /// nothing any more, so the socket lives on in plain blocking mode, as
     /// on a plain thread).
     fn wait(&self, dir: Direction, deadline: Option<Instant>) -> io::Result<bool> {
+        // The common case, a fiber of the socket's own runtime waiting with
+        // no deadline, is kept apart from the rest: this frame lies between
+        // the caller's and the switch on every resume, so each line of it
+        // is read back from memory when a thousand other fibers ran since.
+        if deadline.is_none() {
+            if let Some(reg) = self.reg.get() {
+                // SAFETY: `current` lives in this block only, on the fiber
+                // it borrows.
+                let current = unsafe { context::current_fiber_borrowed() };
+                if let Some((fiber, runtime)) = current {
+                    if std::ptr::eq(Arc::as_ptr(&reg.shared), runtime) && !reg.poller_gone() {
+                        if reg.io.add_waiter(dir, &fiber) {
+                            let withdraw = Withdraw(&reg.io, dir, &fiber);
+                            // SAFETY: `fiber` is the fiber running on this
+                            // thread: we run on it.
+                            unsafe { crate::fiber::park_fiber_until(&fiber, None) };
+                            std::mem::forget(withdraw);
+                        }
+                        return Ok(false);
+                    }
+                }
+            }
+        }
+        self.wait_slow(dir, deadline)
+    }
+
+    /// [`wait`](Self::wait) in full: a plain thread, a socket not yet
+    /// registered or registered with another runtime, a deadline.
+    #[cold]
+    #[inline(never)]
+    fn wait_slow(&self, dir: Direction, deadline: Option<Instant>) -> io::Result<bool> {
         if let Some(d) = deadline {
             if Instant::now() >= d {
                 return Err(io::Error::new(
@@ -443,14 +484,6 @@ impl<S: mio::event::Source + AsRawFd> IoSource<S> {
         // such a wait looks again now and then.
         let foreign = !std::ptr::eq(Arc::as_ptr(&reg.shared), runtime);
         if reg.io.add_waiter(dir, &fiber) {
-            /// Withdraws the fiber from the waiter list if the park unwinds
-            /// (cancellation, an expired `timeout`).
-            struct Withdraw<'a>(&'a ScheduledIo, Direction, &'a FiberRef);
-            impl Drop for Withdraw<'_> {
-                fn drop(&mut self) {
-                    self.0.remove_waiter(self.1, self.2);
-                }
-            }
             let until = match (foreign, deadline) {
                 (false, d) => d,
                 (true, d) => {
