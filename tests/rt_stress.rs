@@ -282,3 +282,58 @@ fn no_starvation_of_queued_fibers_behind_a_hog() {
         hog.join().unwrap();
     });
 }
+
+/// A worker runs the fiber an event wakes right after that event, but only
+/// that one: a fiber that keeps yielding goes back to the queue, so the rest
+/// of the batch still gets dispatched. Here two sockets turn readable in one
+/// batch (the worker is blocked meanwhile); the first one's reader yields
+/// until the second one's reader has run. Were the queue run until empty
+/// after each event, the second event would never be dispatched and the
+/// watchdog would fire (checked by breaking the worker that way).
+#[test]
+fn a_yielding_fiber_does_not_hold_up_its_event_batch() {
+    use std::io::{Read, Write};
+    with_watchdog(Duration::from_secs(60), || {
+        for _ in 0..20 {
+            let rt = rt(1);
+            let (mut c1, s1) = std::os::unix::net::UnixStream::pair().unwrap();
+            let (mut c2, s2) = std::os::unix::net::UnixStream::pair().unwrap();
+            let s1 = weave::net::UnixStream::from_std(s1).unwrap();
+            let s2 = weave::net::UnixStream::from_std(s2).unwrap();
+            let second_ran = Arc::new(AtomicBool::new(false));
+            let reading = Arc::new(AtomicUsize::new(0));
+            let (ran, r1) = (second_ran.clone(), reading.clone());
+            let yielder = rt.spawn(move || {
+                let mut b = [0u8; 1];
+                r1.fetch_add(1, Ordering::SeqCst);
+                (&s1).read_exact(&mut b).unwrap();
+                let mut yields = 0u64;
+                while !ran.load(Ordering::SeqCst) {
+                    weave::yield_now();
+                    yields += 1;
+                }
+                yields
+            });
+            let (ran, r2) = (second_ran.clone(), reading.clone());
+            let second = rt.spawn(move || {
+                let mut b = [0u8; 1];
+                r2.fetch_add(1, Ordering::SeqCst);
+                (&s2).read_exact(&mut b).unwrap();
+                ran.store(true, Ordering::SeqCst);
+            });
+            while reading.load(Ordering::SeqCst) < 2 {
+                std::thread::yield_now();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+            // Block the only worker while both sockets turn readable, so its
+            // next poll fetches both events together.
+            let blocker = rt.spawn(|| std::thread::sleep(Duration::from_millis(100)));
+            std::thread::sleep(Duration::from_millis(30));
+            c1.write_all(b"a").unwrap();
+            c2.write_all(b"b").unwrap();
+            blocker.join().unwrap();
+            second.join().unwrap();
+            yielder.join().unwrap();
+        }
+    });
+}

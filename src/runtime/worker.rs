@@ -153,7 +153,8 @@ impl Worker {
         while !self.shared.shutdown.load(Ordering::Acquire) {
             tick = tick.wrapping_add(1);
             let fiber = if tick % FAIRNESS_INTERVAL == 0 {
-                self.poll_io(Some(Duration::ZERO));
+                self.poll_events(Some(Duration::ZERO));
+                self.dispatch_events(true);
                 self.fire_timers();
                 steal_one(&self.shared.injector).or_else(|| self.next_fiber())
             } else if tick % NEW_FIBER_INTERVAL == 0 {
@@ -314,19 +315,44 @@ impl Worker {
         } else {
             timeout
         };
-        self.poll_io(timeout);
+        self.poll_events(timeout);
         remote.sleeping.store(false, Ordering::SeqCst);
         self.shared.num_sleeping.fetch_sub(1, Ordering::SeqCst);
+        // Awake again before any fiber runs: a wakeup meanwhile goes to the
+        // inbox, with no eventfd write.
+        self.dispatch_events(true);
         self.fire_timers();
     }
 
+    /// Polls and dispatches the events, running no fiber meanwhile.
     fn poll_io(&self, timeout: Option<Duration>) {
+        self.poll_events(timeout);
+        self.dispatch_events(false);
+    }
+
+    /// Fetches the ready events into `self.events`, waiting up to `timeout`.
+    fn poll_events(&self, timeout: Option<Duration>) {
         let mut events = self.events.borrow_mut();
         if let Err(e) = self.poll.borrow_mut().poll(&mut events, timeout) {
             if e.kind() != std::io::ErrorKind::Interrupted {
                 log::error!("weave: epoll_wait failed: {e}");
             }
+            events.clear();
         }
+        self.clock.set(crate::sys::coarse_now());
+    }
+
+    /// Hands each fetched event to its socket's waiters. With `interleave`,
+    /// a fiber that an event alone woke runs right after it, ahead of the
+    /// fibers queued before and before the next event is looked at: the
+    /// event just touched the socket's readiness record and the fiber's
+    /// record, which are still in the cache then, where after a whole batch
+    /// of events (dozens, up to hundreds at a thousand busy connections) the
+    /// others' pushed them out and the resume read them from memory again.
+    /// Only that one fiber runs: if it yields it goes to the back of the
+    /// queue, so nothing holds the rest of the batch up.
+    fn dispatch_events(&self, interleave: bool) {
+        let events = self.events.borrow();
         for event in events.iter() {
             if event.token() == WAKER_TOKEN {
                 continue;
@@ -335,9 +361,17 @@ impl Worker {
             // `ScheduledIo` whose registration reference is alive: it is only
             // released through `release_io`, which runs after this loop
             // (registrations dropped on other threads are queued in
-            // `Remote::released` and also freed only below).
+            // `Remote::released`, those dropped by fibers this loop runs in
+            // `released`, and both are freed only below).
             let io = unsafe { &*(event.token().0 as *const ScheduledIo) };
+            let queued = self.ready.borrow().len();
             io.dispatch(event);
+            if interleave && self.ready.borrow().len() == queued + 1 {
+                let woken = self.ready.borrow_mut().pop_back();
+                if let Some(f) = woken {
+                    self.run_fiber(f);
+                }
+            }
         }
         drop(events);
         self.release_io();
