@@ -169,8 +169,11 @@ struct Entry<S> {
 
 enum Slot<S> {
     Free,
-    /// Idle: its read hook is with the reactor.
-    Idle(Entry<S>),
+    /// Idle: its read hook is with the reactor. Boxed, so that handing a
+    /// connection between its slot, the reactor's hook and a runner moves
+    /// a pointer, not the connection (a few hundred bytes, several times
+    /// per request).
+    Idle(Box<Entry<S>>),
     /// Taken by a request fiber.
     Busy,
 }
@@ -196,8 +199,12 @@ struct Runner<S> {
 /// A connection with input waiting, for a runner.
 struct Job<S> {
     slot: usize,
-    entry: Entry<S>,
+    entry: Box<Entry<S>>,
 }
+
+/// An idle connection taken for a request, and an idle runner to serve it
+/// if its worker had one.
+type Taken<S> = (Box<Entry<S>>, Option<Arc<Runner<S>>>);
 
 /// One worker's share of the connections of a request-mode server.
 struct Dispatcher<S> {
@@ -221,24 +228,27 @@ impl<S> Dispatcher<S> {
     }
 
     /// Takes the idle connection of `slot` for a request, if the slot is
-    /// still in the generation whose low bits are `gen` (see `Token`).
-    fn take(&self, slot: usize, gen: u64) -> Option<Entry<S>> {
+    /// still in the generation whose low bits are `gen` (see `Token`), and
+    /// with it one of the worker's idle runners if it has one (one lock
+    /// for both).
+    fn take(&self, slot: usize, gen: u64) -> Option<Taken<S>> {
         let mut t = self.lock();
         let mask = (1 << Token::GEN_BITS) - 1;
-        match t.slots.get_mut(slot) {
+        let entry = match t.slots.get_mut(slot) {
             Some((g, s @ Slot::Idle(_))) if *g & mask == gen => {
                 match std::mem::replace(s, Slot::Busy) {
-                    Slot::Idle(e) => Some(e),
+                    Slot::Idle(e) => e,
                     _ => unreachable!(),
                 }
             }
-            _ => None,
-        }
+            _ => return None,
+        };
+        Some((entry, t.runners.pop()))
     }
 
     /// Frees `slot`, returning its idle entry if it had one. The caller
     /// drops that (closing the connection) outside the lock.
-    fn release(&self, slot: usize) -> Option<Entry<S>> {
+    fn release(&self, slot: usize) -> Option<Box<Entry<S>>> {
         let mut t = self.lock();
         let t = &mut *t;
         let old = std::mem::replace(&mut t.slots[slot].1, Slot::Free);
@@ -323,8 +333,8 @@ impl<S: Send + 'static> crate::io::ReadHook for Mode<S> {
     /// An idle connection is readable: start its request.
     fn readable(&self, token: u64) {
         let (i, slot, gen) = Token::unpack(token);
-        if let Some(entry) = self.dispatchers.get(i).and_then(|d| d.take(slot, gen)) {
-            self.spawn_request(i, slot, entry);
+        if let Some((entry, runner)) = self.dispatchers.get(i).and_then(|d| d.take(slot, gen)) {
+            self.spawn_request(i, slot, entry, runner);
         }
     }
 }
@@ -355,12 +365,12 @@ impl<S: Send + 'static> Mode<S> {
     /// acceptor's fiber, whose worker's reactor then watches it.
     pub(crate) fn admit(&self, conn: Conn) -> io::Result<()> {
         let i = crate::runtime::current_worker().unwrap_or(0) % self.dispatchers.len();
-        let entry = Entry {
+        let entry = Box::new(Entry {
             state: (self.new_state)(&conn),
             conn,
             _guard: ActiveGuard(self.state.clone()),
             since: coarse_now(),
-        };
+        });
         let slot = {
             let mut t = self.dispatchers[i].lock();
             let t = &mut *t;
@@ -373,9 +383,10 @@ impl<S: Send + 'static> Mode<S> {
             t.slots[slot] = (gen, Slot::Busy);
             slot
         };
-        if let Some(entry) = self.idle(i, slot, entry) {
+        if let Err(entry) = self.idle(i, slot, entry, None) {
             // Input came with the connection: serve it now.
-            self.spawn_request(i, slot, entry);
+            let runner = self.dispatchers[i].lock().runners.pop();
+            self.spawn_request(i, slot, entry, runner);
         }
         Ok(())
     }
@@ -383,14 +394,23 @@ impl<S: Send + 'static> Mode<S> {
     /// Parks the connection of `slot` (taken, `Busy`) idle and hands the
     /// reactor a hook that starts a request when it is next readable. Gives
     /// the entry back when input is already known to be pending, or when
-    /// no reactor can report it.
-    fn idle(&self, i: usize, slot: usize, entry: Entry<S>) -> Option<Entry<S>> {
+    /// no reactor can report it. Once the connection is parked, queues
+    /// `runner` (the fiber that served it) among the worker's idle
+    /// runners under the same lock, unless the server is stopping or
+    /// enough runners are idle; returns whether it did.
+    fn idle(
+        &self,
+        i: usize,
+        slot: usize,
+        entry: Box<Entry<S>>,
+        runner: Option<&Arc<Runner<S>>>,
+    ) -> Result<bool, Box<Entry<S>>> {
         let d = &self.dispatchers[i];
         let mut t = d.lock();
         let gen = t.slots[slot].0;
         let Some(token) = Token::pack(i, slot, gen) else {
             // Past what a token names: served without going idle.
-            return Some(entry);
+            return Err(entry);
         };
         t.slots[slot].1 = Slot::Idle(entry);
         let Slot::Idle(e) = &t.slots[slot].1 else {
@@ -400,12 +420,25 @@ impl<S: Send + 'static> Mode<S> {
         // Under the table's lock: a hook that fires at once waits for it,
         // and then finds the entry in its slot.
         if e.conn.on_readable(hook, token) {
-            return None;
+            return Ok(runner.is_some_and(|r| Self::queue_runner(&self.done, &mut t, r)));
         }
         match std::mem::replace(&mut t.slots[slot].1, Slot::Busy) {
-            Slot::Idle(e) => Some(e),
+            Slot::Idle(e) => Err(e),
             _ => unreachable!(),
         }
+    }
+
+    /// Queues `runner` among its worker's idle runners (`t`, locked) unless
+    /// the server is stopping or enough runners are idle; returns whether
+    /// it did. Checked under the table's lock: `start`'s stop sets `done`
+    /// and then takes the lock to unpark the runners queued, so a runner
+    /// queued here is among them.
+    fn queue_runner(done: &AtomicBool, t: &mut Table<S>, runner: &Arc<Runner<S>>) -> bool {
+        if done.load(Ordering::SeqCst) || t.runners.len() >= RUNNERS_KEPT {
+            return false;
+        }
+        t.runners.push(runner.clone());
+        true
     }
 
     /// Spawns the sweeper fibers, one pinned on each worker, which close
@@ -461,19 +494,27 @@ impl<S: Send + 'static> Mode<S> {
         }
     }
 
-    /// Starts a request for the connection of `slot`: hands it to an idle
-    /// runner of worker `i`, or spawns a runner for it.
-    fn spawn_request(&self, i: usize, slot: usize, entry: Entry<S>) {
-        let (Some(mode), Some(rt)) = (self.me.upgrade(), self.rt.get()) else {
+    /// Starts a request for the connection of `slot`: hands it to `idle`,
+    /// a runner of worker `i` taken from its idle list, or spawns a runner
+    /// for it.
+    fn spawn_request(
+        &self,
+        i: usize,
+        slot: usize,
+        entry: Box<Entry<S>>,
+        idle: Option<Arc<Runner<S>>>,
+    ) {
+        let stopping = self.done.load(Ordering::SeqCst);
+        let (Some(mode), Some(rt), false) = (self.me.upgrade(), self.rt.get(), stopping) else {
             drop(self.dispatchers[i].release(slot));
+            if let Some(runner) = idle {
+                // Taken from the list that the stop unparks: unpark it
+                // here, and it sees `done` and ends.
+                runner.fiber.unpark();
+            }
             return;
         };
-        if self.done.load(Ordering::SeqCst) {
-            drop(self.dispatchers[i].release(slot));
-            return;
-        }
         let job = Job { slot, entry };
-        let idle = self.dispatchers[i].lock().runners.pop();
         if let Some(runner) = idle {
             *runner.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(job);
             runner.fiber.unpark();
@@ -505,7 +546,7 @@ impl<S: Send + 'static> Mode<S> {
         let mut buf = Vec::with_capacity(BUFFER_CAPACITY);
         let mut job = first;
         loop {
-            self.serve(i, job.slot, job.entry, &mut buf);
+            let queued = self.serve(i, job.slot, job.entry, &mut buf, &me);
             // Nothing of one connection's request reaches the next one's:
             // its fiber-local values are dropped, a buffer it grew too.
             if let Err(payload) = crate::fiber::local::clear_current() {
@@ -515,17 +556,15 @@ impl<S: Send + 'static> Mode<S> {
             if buf.capacity() > BUFFER_KEEP_MAX {
                 buf = Vec::with_capacity(BUFFER_CAPACITY);
             }
-            {
-                let mut t = self.dispatchers[i].lock();
-                if self.done.load(Ordering::SeqCst) || t.runners.len() >= RUNNERS_KEPT {
-                    return;
-                }
-                t.runners.push(me.clone());
+            // Queued already when the connection went idle (a request
+            // handed over meanwhile waits in the mailbox); else now.
+            if !queued && !Self::queue_runner(&self.done, &mut self.dispatchers[i].lock(), &me) {
+                return;
             }
             job = loop {
                 // Unparked by `spawn_request` with a job, by `start`'s
-                // stop without one, or spuriously (a handler kept this
-                // fiber's handle).
+                // stop or a stopping `spawn_request` without one, or
+                // spuriously (a handler kept this fiber's handle).
                 crate::park();
                 if let Some(job) = me.job.lock().unwrap_or_else(|e| e.into_inner()).take() {
                     break job;
@@ -538,8 +577,17 @@ impl<S: Send + 'static> Mode<S> {
     }
 
     /// Runs the handler for as long as input is known to be waiting, then
-    /// parks the connection idle again, or closes it.
-    fn serve(&self, i: usize, slot: usize, mut entry: Entry<S>, buf: &mut Vec<u8>) {
+    /// parks the connection idle again, or closes it. Returns whether
+    /// `runner` was queued among the idle runners as the connection went
+    /// idle.
+    fn serve(
+        &self,
+        i: usize,
+        slot: usize,
+        mut entry: Box<Entry<S>>,
+        buf: &mut Vec<u8>,
+        runner: &Arc<Runner<S>>,
+    ) -> bool {
         let d = &self.dispatchers[i];
         loop {
             let keep = loop {
@@ -573,22 +621,23 @@ impl<S: Send + 'static> Mode<S> {
                 break;
             }
             entry.since = coarse_now();
-            match self.idle(i, slot, entry) {
-                None => return,
-                Some(back) => entry = back,
+            match self.idle(i, slot, entry, Some(runner)) {
+                Ok(queued) => return queued,
+                Err(back) => entry = back,
             }
             // The reactor's read bit is set, or nothing can watch the
             // socket. Ask the kernel: a stale bit is cleared, so the next
             // try parks it; a socket nothing watches is served in place.
             if let Ok(false) = entry.conn.poll_read_ready() {
-                match self.idle(i, slot, entry) {
-                    None => return,
-                    Some(back) => entry = back,
+                match self.idle(i, slot, entry, Some(runner)) {
+                    Ok(queued) => return queued,
+                    Err(back) => entry = back,
                 }
             }
         }
         drop(d.release(slot));
         drop(entry);
+        false
     }
 }
 
