@@ -525,3 +525,68 @@ fn read_append_echoes_through_the_runner_buffer() {
     assert_eq!(summary.counters.bytes_in, sent);
     assert_eq!(summary.counters.bytes_out, sent);
 }
+
+/// The server stops while requests keep arriving on both workers, many
+/// rounds: the stop returns, no handler saw an error, and no fiber is left
+/// behind.
+#[test]
+fn stopping_while_requests_arrive_leaves_no_fiber_behind() {
+    use std::sync::atomic::AtomicBool;
+    for round in 0..10u64 {
+        let server = loopback(2).build().unwrap();
+        let addr = server.local_addrs()[0];
+        let rt = server.runtime_handle();
+        let (_live, stop) = serve(server);
+        let quit = Arc::new(AtomicBool::new(false));
+        let answered = Arc::new(AtomicUsize::new(0));
+        let clients: Vec<_> = (0..4)
+            .map(|_| {
+                let (quit, answered) = (quit.clone(), answered.clone());
+                thread::spawn(move || {
+                    let mut conns: Vec<_> = (0..25).map(|_| connect(addr)).collect();
+                    // Bounded: the server stops long before this many.
+                    for _ in 0..20_000 {
+                        if quit.load(Ordering::SeqCst) || conns.is_empty() {
+                            break;
+                        }
+                        conns.retain_mut(|c| {
+                            let mut l = String::new();
+                            let ok = c.get_mut().write_all(b"x\n").is_ok()
+                                && c.read_line(&mut l).is_ok_and(|n| n > 0);
+                            if ok {
+                                answered.fetch_add(1, Ordering::SeqCst);
+                            }
+                            ok
+                        });
+                    }
+                })
+            })
+            .collect();
+        // Stop once requests are flowing.
+        wait_until(
+            30_000,
+            || answered.load(Ordering::SeqCst) >= 500,
+            || format!("round {round}: requests never flowed"),
+        );
+        let (tx, rx) = std::sync::mpsc::channel();
+        thread::spawn(move || tx.send(stop()).unwrap());
+        let summary = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("round {round}: the stop never returned"));
+        assert_eq!(summary.counters.errors + summary.counters.panics, 0);
+        wait_until(
+            10_000,
+            || rt.live_fibers() == 0,
+            || {
+                format!(
+                    "round {round}: {} fibers left after the server stopped",
+                    rt.live_fibers()
+                )
+            },
+        );
+        quit.store(true, Ordering::SeqCst);
+        for c in clients {
+            c.join().unwrap();
+        }
+    }
+}
