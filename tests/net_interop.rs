@@ -112,6 +112,64 @@ fn timeouts_are_shared_between_clones() {
     assert_eq!(clone.write_timeout().unwrap(), Some(Duration::from_secs(7)));
     s.set_read_timeout(None).unwrap();
     assert_eq!(clone.read_timeout().unwrap(), None);
+    // A clone of a clone shares them too.
+    let third = clone.try_clone().unwrap();
+    third
+        .set_write_timeout(Some(Duration::from_secs(9)))
+        .unwrap();
+    assert_eq!(s.write_timeout().unwrap(), Some(Duration::from_secs(9)));
+}
+
+#[test]
+fn timeouts_set_before_the_first_clone_carry_over() {
+    let (s, _peer) = pair();
+    s.set_read_timeout(Some(Duration::from_millis(40))).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(3))).unwrap();
+    let clone = s.try_clone().unwrap();
+    assert_eq!(
+        clone.read_timeout().unwrap(),
+        Some(Duration::from_millis(40))
+    );
+    assert_eq!(clone.write_timeout().unwrap(), Some(Duration::from_secs(3)));
+    // And from then on they are one: a change on the original reaches the
+    // clone, and applies to reads on it.
+    s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+    let e = (&clone).read(&mut [0u8; 4]).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+    assert_eq!(
+        clone.read_timeout().unwrap(),
+        Some(Duration::from_millis(20))
+    );
+}
+
+/// One thread sets a socket's read timeout while another makes the
+/// socket's first clone, the two started together and offset by a varying
+/// spin, many rounds: afterwards the original and the clone both report
+/// the value set (a set landing while the clone copies the timeouts is not
+/// lost).
+#[test]
+fn a_timeout_set_while_the_first_clone_is_made_is_not_lost() {
+    let set = Some(Duration::from_millis(7));
+    for round in 0..2_000u64 {
+        let (s, _peer) = pair();
+        let s = Arc::new(s);
+        let go = Arc::new(std::sync::Barrier::new(2));
+        let setter = {
+            let (s, go) = (s.clone(), go.clone());
+            std::thread::spawn(move || {
+                go.wait();
+                s.set_read_timeout(set).unwrap();
+            })
+        };
+        go.wait();
+        for _ in 0..round % 64 {
+            std::hint::spin_loop();
+        }
+        let clone = s.try_clone().unwrap();
+        setter.join().unwrap();
+        assert_eq!(s.read_timeout().unwrap(), set, "round {round}: original");
+        assert_eq!(clone.read_timeout().unwrap(), set, "round {round}: clone");
+    }
 }
 
 #[test]

@@ -190,17 +190,34 @@ pub(crate) use impl_fd;
 /// A socket's read and write timeouts, each stored in an atomic
 /// (nanoseconds, 0 = none), so a socket shared by reference between fibers
 /// can change them. Clones made with [`share`](Self::share) see the same
-/// values, as duplicated descriptors share `SO_RCVTIMEO` in std. Both live
-/// in one allocation: every read and every write looks its timeout up, and
-/// one cache line per connection is cheaper than two.
+/// values, as duplicated descriptors share `SO_RCVTIMEO` in std.
+///
+/// Every read and every write looks its timeout up, so until the socket is
+/// first cloned the two live in the socket itself, beside the fields each
+/// operation reads anyway (a separate allocation cost one cache line per
+/// operation once a thousand other connections ran since). The first
+/// `share` moves them into an allocation that the clones hold too.
 #[derive(Debug, Default)]
-pub(crate) struct Timeouts(std::sync::Arc<[AtomicU64; 2]>);
+pub(crate) struct Timeouts {
+    /// The timeouts while no clone exists.
+    own: [AtomicU64; 2],
+    /// Once the socket was cloned: the timeouts shared with its clones
+    /// (`own` is not used any more).
+    shared: std::sync::OnceLock<std::sync::Arc<[AtomicU64; 2]>>,
+    /// Taken by `set` and `share`: a timeout set while `share` copies `own`
+    /// is neither lost nor written to the copy's source after the copy.
+    update: std::sync::Mutex<()>,
+}
 
 impl Timeouts {
+    fn cells(&self) -> &[AtomicU64; 2] {
+        self.shared.get().map_or(&self.own, |a| a)
+    }
+
     fn cell(&self, dir: Direction) -> &AtomicU64 {
         match dir {
-            Direction::Read => &self.0[0],
-            Direction::Write => &self.0[1],
+            Direction::Read => &self.cells()[0],
+            Direction::Write => &self.cells()[1],
         }
     }
 
@@ -217,13 +234,25 @@ impl Timeouts {
             }
             Some(d) => d.as_nanos().min(u64::MAX as u128) as u64,
         };
+        let _update = self.update.lock().unwrap_or_else(|e| e.into_inner());
         self.cell(dir).store(nanos, Ordering::Relaxed);
         Ok(())
     }
 
     /// The same timeouts, for a clone of the socket.
     pub(crate) fn share(&self) -> Timeouts {
-        Timeouts(self.0.clone())
+        let _update = self.update.lock().unwrap_or_else(|e| e.into_inner());
+        let shared = self.shared.get_or_init(|| {
+            let [r, w] = &self.own;
+            std::sync::Arc::new([
+                AtomicU64::new(r.load(Ordering::Relaxed)),
+                AtomicU64::new(w.load(Ordering::Relaxed)),
+            ])
+        });
+        Timeouts {
+            shared: std::sync::OnceLock::from(shared.clone()),
+            ..Timeouts::default()
+        }
     }
 
     /// `dir`'s timeout.
