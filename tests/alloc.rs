@@ -1,5 +1,6 @@
-//! What a spawn and a channel allocate, counted by a global allocator that
-//! counts the allocations (and their bytes) of the thread that asks it to.
+//! What a spawn, a channel and a socket's timeouts allocate, counted by a
+//! global allocator that counts the allocations (and their bytes) of the
+//! thread that asks it to.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -111,4 +112,29 @@ fn an_unbounded_channel_is_one_small_allocation() {
         v
     });
     assert_eq!(got, 7);
+}
+
+/// A socket keeps its read and write timeouts in itself: making one from a
+/// std socket and setting both allocates nothing; its first clone moves
+/// them into one allocation that the two share, and a later clone
+/// allocates nothing for them.
+#[test]
+fn socket_timeouts_allocate_only_when_first_cloned() {
+    use std::time::Duration;
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let _client = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (server, _) = l.accept().unwrap();
+    let (s, (n, _)) = allocations(|| {
+        let s = weave::net::TcpStream::from(server);
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.set_write_timeout(Some(Duration::from_secs(6))).unwrap();
+        s
+    });
+    assert_eq!(n, 0, "a socket and its timeouts allocated {n} times");
+    let (clone, (n, bytes)) = allocations(|| s.try_clone().unwrap());
+    assert_eq!(n, 1, "the first clone allocated {n} times ({bytes} bytes)");
+    assert_eq!(clone.write_timeout().unwrap(), Some(Duration::from_secs(6)));
+    // A clone of the clone shares the same allocation.
+    let (_third, (n, _)) = allocations(|| clone.try_clone().unwrap());
+    assert_eq!(n, 0, "a second clone allocated {n} times");
 }
