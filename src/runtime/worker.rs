@@ -330,7 +330,10 @@ impl Worker {
         self.dispatch_events(false);
     }
 
-    /// Fetches the ready events into `self.events`, waiting up to `timeout`.
+    /// Fetches the ready events into `self.events`, waiting up to `timeout`,
+    /// and reads the clock: the wait ends here, so this is when the next
+    /// fiber run starts (`run_fiber`'s hog check), whether it runs during
+    /// the dispatch or after it.
     fn poll_events(&self, timeout: Option<Duration>) {
         let mut events = self.events.borrow_mut();
         if let Err(e) = self.poll.borrow_mut().poll(&mut events, timeout) {
@@ -375,7 +378,6 @@ impl Worker {
         }
         drop(events);
         self.release_io();
-        self.clock.set(crate::sys::coarse_now());
     }
 
     fn release_io(&self) {
@@ -464,7 +466,7 @@ impl Worker {
         self.current.set(fiber.as_ptr());
         overflow::set_current(&fiber);
         // Since the last run or poll ended the worker only picked this
-        // fiber (no waiting: a sleep ends in `poll_io`), so that is its start.
+        // fiber (no waiting: a sleep ends in `poll_events`), so that is its start.
         let started = self.clock.get();
         // The fiber's root catches every panic (see `start`); should one
         // still escape, corosensei re-raises it here, with the coroutine
