@@ -340,7 +340,6 @@ impl Worker {
             if e.kind() != std::io::ErrorKind::Interrupted {
                 log::error!("weave: epoll_wait failed: {e}");
             }
-            events.clear();
         }
         self.clock.set(crate::sys::coarse_now());
     }
