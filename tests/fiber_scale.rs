@@ -30,11 +30,10 @@ fn stress_hundred_thousand_parked_fibers_all_join() {
     } else {
         10_000 // Two mappings per stack: stay well under the default limit.
     };
-    let rt = weave::Runtime::builder()
-        .workers(2)
-        .stack_size(32 * 1024)
-        .build()
-        .unwrap();
+    // Small stacks for the many fibers; the fiber that spawns them keeps
+    // the default: a spawn can reach crossbeam-epoch's flush, whose frames
+    // take most of 32 KiB in a debug build.
+    let rt = weave::Runtime::builder().workers(2).build().unwrap();
     let started = Arc::new(AtomicUsize::new(0));
     let maps_before = count_maps();
     let (sum, maps_parked) = rt.block_on(move || {
@@ -44,6 +43,7 @@ fn stress_hundred_thousand_parked_fibers_all_join() {
             let (tx, rx) = weave::sync::channel::<u64>();
             let started = started.clone();
             let h = weave::fiber::Builder::new()
+                .stack_size(32 * 1024)
                 .spawn(move || {
                     started.fetch_add(1, Ordering::Relaxed);
                     rx.recv().unwrap() + i

@@ -200,15 +200,21 @@ fn stress_million_fibers_no_leak() {
     const BATCH: usize = 1_000;
     const BATCHES: usize = 1_000;
     with_watchdog(Duration::from_secs(300), || {
-        let rt = weave::Runtime::builder()
-            .workers(2)
-            .stack_size(32 * 1024)
-            .build()
-            .unwrap();
+        // Small stacks for the many fibers, the default for the one that
+        // spawns them (see `fiber_scale.rs`).
+        let rt = weave::Runtime::builder().workers(2).build().unwrap();
+        fn spawn_small<T: Send + 'static>(
+            f: impl FnOnce() -> T + Send + 'static,
+        ) -> weave::JoinHandle<T> {
+            weave::fiber::Builder::new()
+                .stack_size(32 * 1024)
+                .spawn(f)
+                .unwrap()
+        }
         // Warm up: fill the stack pools once.
         let warm = |rt: &weave::Runtime| {
             rt.block_on(|| {
-                let hs: Vec<_> = (0..BATCH).map(|i| weave::spawn(move || i)).collect();
+                let hs: Vec<_> = (0..BATCH).map(|i| spawn_small(move || i)).collect();
                 hs.into_iter().map(|h| h.join().unwrap()).sum::<usize>()
             })
         };
@@ -217,7 +223,7 @@ fn stress_million_fibers_no_leak() {
         let sum = rt.block_on(|| {
             let mut sum = 0u64;
             for _ in 0..BATCHES {
-                let hs: Vec<_> = (0..BATCH as u64).map(|i| weave::spawn(move || i)).collect();
+                let hs: Vec<_> = (0..BATCH as u64).map(|i| spawn_small(move || i)).collect();
                 for h in hs {
                     sum += h.join().unwrap();
                 }

@@ -329,6 +329,48 @@ fn scope_values_panics_and_stress() {
     assert_eq!(rt.live_fibers(), 0);
 }
 
+/// Counts its drops, after a park: a fiber-local destructor that parks
+/// keeps its fiber from ending for a while after the closure returned.
+struct ParksOnDrop(&'static AtomicUsize);
+
+impl Drop for ParksOnDrop {
+    fn drop(&mut self) {
+        weave::sleep(Duration::from_millis(2));
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+weave::fiber_local! {
+    static PARKS_ON_DROP: std::cell::RefCell<Option<ParksOnDrop>> =
+        std::cell::RefCell::new(None);
+}
+
+#[test]
+fn a_scope_returns_only_after_its_fibers_have_ended() {
+    static DROPPED: AtomicUsize = AtomicUsize::new(0);
+    let rt = rt(2);
+    let handle = rt.handle();
+    rt.block_on(|| {
+        let before = handle.live_fibers();
+        for round in 1..=50 {
+            weave::scope(|s| {
+                for i in 0..4 {
+                    s.spawn(move || {
+                        PARKS_ON_DROP.with(|p| *p.borrow_mut() = Some(ParksOnDrop(&DROPPED)));
+                        if i % 2 == 0 {
+                            weave::yield_now();
+                        }
+                    });
+                }
+            });
+            // The fibers' locals are gone, and no fiber counts as live.
+            assert_eq!(DROPPED.load(Ordering::SeqCst), 4 * round, "round {round}");
+            assert_eq!(handle.live_fibers(), before, "round {round}");
+        }
+    });
+    assert_eq!(rt.live_fibers(), 0);
+}
+
 #[test]
 fn cancelling_a_scope_owner_cancels_its_fibers_then_unwinds() {
     let rt = rt(2);

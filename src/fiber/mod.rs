@@ -317,21 +317,36 @@ impl Builder {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        self.spawn_inner(shared, None, f)
+        self.spawn_inner(shared, None, f, ())
     }
 
-    /// Spawns on worker `worker` of the runtime, where the fiber stays.
-    pub(crate) fn spawn_inner<F, T>(
+    /// Spawns a joinable fiber, on worker `worker` of the runtime (where it
+    /// stays) if one is named. The fiber drops `guard` once it is over:
+    /// after its result is delivered and it stopped counting as live (or,
+    /// if it never starts, after its closure is dropped and it is reported
+    /// cancelled); a scope counts its fibers out with it.
+    pub(crate) fn spawn_inner<F, T, G>(
         self,
         shared: &Arc<Shared>,
         worker: Option<usize>,
         f: F,
+        guard: G,
     ) -> io::Result<JoinHandle<T>>
     where
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
+        G: Send + 'static,
     {
-        let (stack_size, stack) = self.stack(shared)?;
+        let (stack_size, stack) = match self.stack(shared) {
+            Ok(s) => s,
+            Err(e) => {
+                // The closure's captures go before the guard, as on every
+                // other path.
+                drop(f);
+                drop(guard);
+                return Err(e);
+            }
+        };
         let tail = JoinTail {
             packet: Packet {
                 state: Mutex::new(PacketState {
@@ -341,11 +356,11 @@ impl Builder {
                     delivered: false,
                 }),
             },
-            func: UnsafeCell::new(Some(f)),
+            func: UnsafeCell::new(Some((f, guard))),
         };
         let fiber = self.launch(shared, worker, stack_size, stack, tail);
-        // SAFETY: made just above with a `JoinTail<F, T>`.
-        let packet = NonNull::from(&unsafe { fiber.tail::<JoinTail<F, T>>() }.packet);
+        // SAFETY: made just above with a `JoinTail<F, T, G>`.
+        let packet = NonNull::from(&unsafe { fiber.tail::<JoinTail<F, T, G>>() }.packet);
         Ok(JoinHandle { fiber, packet })
     }
 
@@ -400,30 +415,31 @@ impl Builder {
     }
 }
 
-/// A joinable fiber's tail: its join packet, and its closure until it
-/// starts.
-struct JoinTail<F, T> {
+/// A joinable fiber's tail: its join packet, and its closure and guard
+/// (see [`Builder::spawn_inner`]) until it starts.
+struct JoinTail<F, T, G> {
     packet: Packet<T>,
-    func: UnsafeCell<Option<F>>,
+    func: UnsafeCell<Option<(F, G)>>,
 }
 
 // SAFETY: `func` is only touched by the one thread that owns the fiber's
 // body (the `Tail` contract); the packet is behind its mutex.
-unsafe impl<F: Send, T: Send> Sync for JoinTail<F, T> {}
+unsafe impl<F: Send, T: Send, G: Send> Sync for JoinTail<F, T, G> {}
 
 // SAFETY: `start` and `drop_unstarted` take the closure out at most once
 // between them (the `Tail` contract), and the completer they make only
 // reaches the packet and the header of this same allocation, which lives
 // as long as the fiber's body: the worker's table holds the fiber while
 // it runs, and the thread that drops an unstarted body holds a reference.
-unsafe impl<F, T> Tail for JoinTail<F, T>
+unsafe impl<F, T, G> Tail for JoinTail<F, T, G>
 where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
+    G: Send + 'static,
 {
     unsafe fn start(&self, fiber: *const RawFiber, stack: stack::FiberStack) -> FiberCoroutine {
         // SAFETY: passed on from the caller.
-        let f = unsafe { take_closure(&self.func) }.expect("a fiber starts once");
+        let (f, guard) = unsafe { take_closure(&self.func) }.expect("a fiber starts once");
         let completer = Completer {
             packet: Some(NonNull::from(&self.packet)),
             fiber,
@@ -433,8 +449,11 @@ where
             // first: a coroutine dropped before it ran drops the user's
             // closure before its completer reports the fiber cancelled, so
             // a joiner that sees `Cancelled` also sees the captures gone.
+            // A tuple drops in field order, so the guard goes after the
+            // completer on every path: run, unwound, or dropped unrun.
             let f = f;
-            let mut completer = completer;
+            let mut end = (completer, guard);
+            let completer = &mut end.0;
             let mut result = run_body(f);
             if let Err(p) = &result {
                 if is_cancellation(&**p) {
@@ -455,19 +474,22 @@ where
                 }
             }
             completer.complete(result);
+            drop(end);
         })
     }
 
     unsafe fn drop_unstarted(&self, fiber: &RawFiber) {
-        // Declared first, dropped last: it reports the fiber cancelled
-        // after the closure's captures are gone, also when one of their
-        // destructors panics.
+        // SAFETY: passed on from the caller.
+        let (f, guard) = unsafe { take_closure(&self.func) }.unzip();
+        // Locals drop in reverse: the closure's captures first, then the
+        // report that the fiber was cancelled, then the guard; also when
+        // one of the captures' destructors panics.
+        let _guard = guard;
         let _report = Completer {
             packet: Some(NonNull::from(&self.packet)),
             fiber,
         };
-        // SAFETY: passed on from the caller.
-        drop(unsafe { take_closure(&self.func) });
+        drop(f);
     }
 
     fn abandon(&self) -> bool {
@@ -629,7 +651,7 @@ where
     let (shared, index) = context::with_worker(|w| w.map(|w| (w.shared.clone(), w.index)))
         .expect("weave::spawn_local called outside a weave worker (use weave::spawn)");
     Builder::new()
-        .spawn_inner(&shared, Some(index), f)
+        .spawn_inner(&shared, Some(index), f, ())
         .expect("spawning a fiber with default settings cannot fail")
 }
 

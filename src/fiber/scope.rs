@@ -6,10 +6,12 @@
 //! A scoped fiber's closure borrows data that lives for `'env`; the runtime
 //! stores closures as `'static`, so [`Scope::spawn`] erases the lifetime.
 //! That is sound because [`scope`] does not return, by value or by
-//! unwinding, before every fiber spawned in it is over: each fiber's job
-//! carries a guard (declared after the closure, so it drops after it) that
-//! counts the fiber out only when the closure and everything it captured
-//! are gone, whether it ran, panicked, was cancelled, or was dropped without
+//! unwinding, before every fiber spawned in it is over: each fiber carries
+//! a guard that counts it out of the scope, and the runtime drops the guard
+//! last, after the closure and everything it captured are gone, the fiber's
+//! locals are dropped and its end is reported (its result delivered, and
+//! [`Runtime::live_fibers`](crate::Runtime::live_fibers) no longer counting
+//! it), whether it ran, panicked, was cancelled, or was dropped without
 //! running at runtime shutdown. The final wait of [`scope`] cannot be
 //! cancelled (it would leave the fibers running on freed borrows): if the
 //! caller is cancelled, or the closure given to `scope` panics, the scope
@@ -192,48 +194,34 @@ where
     F: FnOnce() -> T + Send + 'scope,
     T: Send + 'scope,
 {
-    /// The closure, then the guard: fields drop in order, so the guard
-    /// counts the fiber out only after the closure's captures are gone,
-    /// also when the job is dropped without running.
-    struct Job<F> {
-        f: Option<F>,
-        _done: Done,
-    }
-
     let result = Arc::new(Mutex::new(None));
     data.running.fetch_add(1, Ordering::AcqRel);
-    let mut job = Job {
-        f: Some(f),
-        _done: Done(data.clone()),
-    };
     let slot = result.clone();
     let panics = data.clone();
-    let body: Box<dyn FnOnce() + Send + 'scope> = Box::new(move || {
-        let f = job.f.take().expect("a job runs once");
-        match panic::catch_unwind(AssertUnwindSafe(f)) {
+    let body: Box<dyn FnOnce() + Send + 'scope> =
+        Box::new(move || match panic::catch_unwind(AssertUnwindSafe(f)) {
             Ok(v) => *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(v),
             Err(p) => {
                 if !is_cancellation(&*p) {
                     panics.unjoined_panics.fetch_add(1, Ordering::AcqRel);
                 }
-                drop(job);
                 panic::resume_unwind(p);
             }
-        }
-        drop(job);
-    });
+        });
     // SAFETY: only the lifetime is erased. Everything the job borrows
     // outlives 'scope, and the scope's owner does not leave `scope` (by
     // return or unwind) before `running` is back to zero, which happens
-    // only when `Done` drops, after the closure and its captures (see
-    // `Job`), whether the job ran or was dropped unrun.
+    // only when the guard drops: the runtime drops it after the closure
+    // and its captures, and after the fiber's end is reported (see
+    // `Builder::spawn_inner`), whether the job ran or was dropped unrun.
     let body: Box<dyn FnOnce() + Send + 'static> = unsafe {
         std::mem::transmute::<Box<dyn FnOnce() + Send + 'scope>, Box<dyn FnOnce() + Send>>(body)
     };
-    let handle = match Builder::new().spawn_inner(shared, None, body) {
+    let handle = match Builder::new().spawn_inner(shared, None, body, Done(data.clone())) {
         Ok(h) => h,
         Err(e) => {
-            // The job was dropped inside spawn_inner: counted out already.
+            // The guard was dropped inside spawn_inner: counted out
+            // already.
             return Err(e);
         }
     };

@@ -589,7 +589,7 @@ impl Handle {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        match crate::fiber::Builder::new().spawn_inner(&self.shared, Some(worker), f) {
+        match crate::fiber::Builder::new().spawn_inner(&self.shared, Some(worker), f, ()) {
             Ok(h) => h,
             Err(e) => panic!("weave: spawn_on_worker: {e}"),
         }
