@@ -236,7 +236,11 @@ where
 
 /// Creates a scope for spawning fibers that borrow from the caller's
 /// stack, like `std::thread::scope`: every fiber spawned in it is over
-/// before `scope` returns.
+/// before `scope` returns (its closure returned or unwound, its
+/// fiber-local values dropped, and [`Runtime::live_fibers`] no longer
+/// counting it).
+///
+/// [`Runtime::live_fibers`]: crate::Runtime::live_fibers
 ///
 /// Called on a fiber, the fibers run on its runtime; on a plain thread, on
 /// the default runtime. The final wait parks the calling fiber (or blocks
