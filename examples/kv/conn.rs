@@ -206,7 +206,7 @@ pub struct Conn<'a, S> {
     /// Replies are dropped (a text command with `noreply`).
     muted: bool,
     /// This connection's entry in `stats conns`, if it has one.
-    stat: Option<Arc<ConnStat>>,
+    stat: Option<&'a ConnStat>,
     /// Request mode: return at a request boundary with nothing buffered
     /// (after something was read), instead of waiting for more input.
     idle_ok: bool,
@@ -857,7 +857,7 @@ pub fn handle_conn_from<S: Read + Write>(
     let _open = Open(ctx);
     let registered = listed.map(|(id, peer)| ctx.conns.register(id, peer, ctx.store.now()));
     let mut c = Conn::new(stream, ctx);
-    c.stat = registered.as_ref().map(|r| r.stat.clone());
+    c.stat = registered.as_ref().map(|r| &*r.stat);
     let r = (|| {
         if !c.fill(INPUT_INITIAL)? {
             return Ok(());

@@ -117,13 +117,14 @@ pub fn handle_request<S: Read + Write>(
 ) -> io::Result<weave::server::Next> {
     use weave::server::Next;
     // Borrowed, not cloned: a clone and drop of the shared `Arc` per
-    // request is two atomic writes to one cache line from every worker.
+    // request is two atomic writes to one cache line from every worker
+    // (and, for the connection's own entry, two to its line).
     let Session {
         ctx, stat, proto, ..
     } = session;
     let ctx: &Ctx = ctx;
     let mut c = Conn::for_request(stream, ctx, Spares::take());
-    c.stat = Some(stat.clone());
+    c.stat = Some(stat);
     let r = (|| {
         if *proto == Proto::Unknown {
             if !c.fill(INPUT_INITIAL)? {
