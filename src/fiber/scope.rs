@@ -217,14 +217,9 @@ where
     let body: Box<dyn FnOnce() + Send + 'static> = unsafe {
         std::mem::transmute::<Box<dyn FnOnce() + Send + 'scope>, Box<dyn FnOnce() + Send>>(body)
     };
-    let handle = match Builder::new().spawn_inner(shared, None, body, Done(data.clone())) {
-        Ok(h) => h,
-        Err(e) => {
-            // The guard was dropped inside spawn_inner: counted out
-            // already.
-            return Err(e);
-        }
-    };
+    // On an error the guard was dropped inside spawn_inner: counted out
+    // already.
+    let handle = Builder::new().spawn_inner(shared, None, body, Done(data.clone()))?;
     data.lock().fibers.push(handle.fiber.clone());
     Ok(ScopedJoinHandle {
         handle,
