@@ -153,8 +153,7 @@ impl Worker {
         while !self.shared.shutdown.load(Ordering::Acquire) {
             tick = tick.wrapping_add(1);
             let fiber = if tick % FAIRNESS_INTERVAL == 0 {
-                self.poll_events(Some(Duration::ZERO));
-                self.dispatch_events(true);
+                self.poll_io(Some(Duration::ZERO), true);
                 self.fire_timers();
                 steal_one(&self.shared.injector).or_else(|| self.next_fiber())
             } else if tick % NEW_FIBER_INTERVAL == 0 {
@@ -324,10 +323,11 @@ impl Worker {
         self.fire_timers();
     }
 
-    /// Polls and dispatches the events, running no fiber meanwhile.
-    fn poll_io(&self, timeout: Option<Duration>) {
+    /// Polls and dispatches the events (see `dispatch_events` for
+    /// `interleave`).
+    fn poll_io(&self, timeout: Option<Duration>, interleave: bool) {
         self.poll_events(timeout);
-        self.dispatch_events(false);
+        self.dispatch_events(interleave);
     }
 
     /// Fetches the ready events into `self.events`, waiting up to `timeout`,
@@ -599,7 +599,7 @@ impl Worker {
             } else {
                 Duration::ZERO
             };
-            self.poll_io(Some(timeout));
+            self.poll_io(Some(timeout), false);
             remote.sleeping.store(false, Ordering::SeqCst);
             self.fire_timers();
         }
